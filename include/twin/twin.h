@@ -1,0 +1,222 @@
+/* twin.h - the in-memory twin of one product and the pure reducer.
+ *
+ * tw_reduce() is the heart of twin-engine: a deterministic function
+ * (twin, envelope) -> outcome with no I/O, no clock and no logging. The
+ * same envelopes in the same order give byte-identical twins, which
+ * tw_twin_to_bson() renders as the MongoDB snapshot document (see
+ * schemas/twin.schema.json) and tw_twin_from_bson() reads back.
+ *
+ * Threads: a twin belongs to the one shard thread that owns its product's
+ * Kafka partition; nothing here locks. */
+#ifndef TWIN_TWIN_H
+#define TWIN_TWIN_H
+
+#include <bson/bson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "twin/v1/events.pb-c.h"
+
+/* ---- Lifecycle stages ------------------------------------------------------ */
+typedef enum {
+  TW_STAGE_NONE = 0, /* no lifecycle event yet (e.g. telemetry arrived first) */
+  TW_STAGE_ORDERED,
+  TW_STAGE_IN_PRODUCTION,
+  TW_STAGE_BUILT,
+  TW_STAGE_IN_TRANSIT,
+  TW_STAGE_AT_DEALER,
+  TW_STAGE_IN_SERVICE,
+  TW_STAGE_DECOMMISSIONED,
+  TW_STAGE_COUNT
+} tw_stage_t;
+
+const char *tw_stage_name(tw_stage_t s);
+bool tw_stage_parse(const char *name, tw_stage_t *out);
+/* "ORDERED", "BUILD_STARTED", ... or NULL for an unknown kind. */
+const char *tw_lifecycle_kind_name(int kind);
+
+/* ---- Telemetry values, last-writer-wins by (event time, seq) --------------- */
+typedef enum {
+  TW_F_ODOMETER_KM = 0,
+  TW_F_SPEED_KPH,
+  TW_F_BATTERY_SOC_PCT,
+  TW_F_BATTERY_SOH_PCT,
+  TW_F_BATTERY_TEMP_C,
+  TW_F_LATITUDE,
+  TW_F_LONGITUDE,
+  TW_F_FUEL_LEVEL_PCT,
+  TW_F_AUX_BATTERY_V,
+  TW_F_AMBIENT_TEMP_C,
+  TW_F_RANGE_KM,
+  TW_F_SCALAR_COUNT
+} tw_scalar_field_t;
+
+/* Proto field name of a scalar ("odometer_km", ...). */
+const char *tw_scalar_field_name(tw_scalar_field_t f);
+
+typedef struct {
+  int64_t at_ms; /* event time of the sample that set the value */
+  uint64_t seq;  /* its seq (tie-breaker) */
+  bool set;
+} tw_stamp_t;
+
+typedef struct {
+  double value;
+  tw_stamp_t st;
+} tw_scalar_t;
+
+typedef struct {
+  double *v; /* owned */
+  uint32_t n;
+  tw_stamp_t st;
+} tw_vec_t;
+
+typedef struct {
+  char **s; /* owned, each owned */
+  uint32_t n;
+  tw_stamp_t st;
+} tw_strs_t;
+
+typedef struct {
+  char *name; /* owned */
+  tw_scalar_t val;
+} tw_metric_t;
+
+/* ---- Per-source seq dedupe: an anti-replay window behind the high-water mark */
+typedef struct {
+  char *name;     /* owned */
+  uint64_t hwm;   /* highest seq seen; 0 = none */
+  uint64_t *bits; /* owned; bit i of the window = seq (hwm - i) seen */
+} tw_source_t;
+
+/* ---- Timeline -------------------------------------------------------------- */
+typedef struct {
+  char *k, *v;
+} tw_kv_t;
+
+typedef struct {
+  int kind; /* Twin__V1__LifecycleKind */
+  int64_t event_time_ms;
+  char *source;
+  uint64_t seq;
+  char *site, *actor, *detail, *work_order, *recall_id, *owner_id, *model;
+  bool has_odometer;
+  double odometer_km;
+  char **parts; /* owned */
+  uint32_t n_parts;
+  tw_kv_t *attrs; /* owned, sorted by key */
+  uint32_t n_attrs;
+  bool rejected;
+  char *reason; /* owned; NULL when applied */
+} tw_entry_t;
+
+typedef struct {
+  bool set;
+  int64_t at_ms;
+  bool has_odometer;
+  double odometer_km;
+  char *work_order, *site; /* owned */
+} tw_service_t;
+
+/* Event counters kept in the twin (all but seen are shown to users). */
+typedef struct {
+  uint64_t telemetry; /* accepted telemetry events */
+  uint64_t lifecycle; /* accepted lifecycle events */
+  uint64_t duplicates;
+  uint64_t too_late;
+  uint64_t rejected;
+  uint64_t stale_fields; /* field values not applied because a newer one was held */
+} tw_counters_t;
+
+/* Battery health trend: least squares of state of health over time. */
+typedef struct {
+  uint64_t n;
+  int64_t t0_ms; /* time origin of the sums (first sample) */
+  double st, sy, stt, sty; /* sums over t (days since t0) and y (soh %) */
+} tw_trend_t;
+
+typedef struct tw_twin {
+  char *product_id; /* owned */
+  tw_stage_t stage;
+  bool quality_hold; /* the last quality gate failed and none passed since */
+  char *model, *owner; /* owned, may be NULL */
+  uint64_t rev;        /* events accepted: not duplicate, too late or rejected */
+  uint64_t seen;       /* every event that reached the reducer; guards writes */
+
+  tw_scalar_t scalars[TW_F_SCALAR_COUNT];
+  tw_vec_t tire_pressure_kpa, brake_pad_mm;
+  tw_strs_t dtc_codes;
+  char *firmware_version; /* owned */
+  tw_stamp_t firmware_st;
+  tw_metric_t *metrics; /* owned, sorted by name */
+  uint32_t n_metrics;
+  tw_trend_t soh_trend;
+
+  tw_source_t *sources; /* owned, sorted by name */
+  uint32_t n_sources;
+  uint32_t seq_window; /* seqs accepted behind each source's high-water mark */
+
+  tw_entry_t *timeline; /* owned, in applied order */
+  uint32_t n_timeline, cap_timeline;
+  char **open_recalls; /* owned, in issue order */
+  uint32_t n_open_recalls;
+  tw_service_t last_service;
+  int64_t last_brake_service_ms; /* 0 = never */
+  tw_counters_t counters;
+
+  /* Engine bookkeeping, not touched by the reducer: the Kafka offset of
+   * the last message of this product incorporated, per input topic (-1 =
+   * none). Replays after a crash skip offsets at or below these. */
+  int64_t offsets[2];
+  int32_t partition; /* the input partition this product lives in, -1 = unknown */
+  bool dirty;        /* changed since the last acknowledged snapshot */
+} tw_twin_t;
+
+enum { TW_TOPIC_TELEMETRY = 0, TW_TOPIC_LIFECYCLE = 1 };
+
+/* Allocates an empty twin for product_id with a seq window of seq_window
+ * (0 = TW_SEQ_WINDOW_DEFAULT, capped at TW_SEQ_WINDOW_MAX). Aborts on
+ * out-of-memory. */
+tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window);
+void tw_twin_destroy(tw_twin_t *t); /* accepts NULL */
+
+/* ---- The reducer ----------------------------------------------------------- */
+typedef enum {
+  TW_OUT_APPLIED = 0, /* accepted and at least one value changed */
+  TW_OUT_STALE,       /* accepted (counted in rev) but every field was older than held */
+  TW_OUT_DUPLICATE,   /* seq already seen from this source: not applied */
+  TW_OUT_TOO_LATE,    /* seq older than the window: not applied */
+  TW_OUT_REJECTED,    /* impossible lifecycle transition: kept in the timeline */
+  TW_OUT_COUNT
+} tw_outcome_t;
+
+const char *tw_outcome_name(tw_outcome_t o);
+
+#define TW_SEQ_WINDOW_DEFAULT 64u
+#define TW_SEQ_WINDOW_MAX 65536u
+
+/* Applies env to t. env must have passed tw_envelope_validate(). reason,
+ * when not NULL, receives a static or twin-owned string for REJECTED. */
+tw_outcome_t tw_reduce(tw_twin_t *t, const Twin__V1__Envelope *env, const char **reason);
+
+/* ---- Validation (what goes to the dead-letter topic instead) --------------- */
+#define TW_PRODUCT_ID_MAX 256
+#define TW_NAME_MAX 128
+
+/* Checks what the reducer relies on; on failure writes a reason for the DLQ
+ * into err (NUL-terminated) and returns false. key is the Kafka message key
+ * (NULL = the message had none, which fails). */
+bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t key_len, char *err,
+                          size_t err_cap);
+
+/* ---- Snapshot document ----------------------------------------------------- */
+/* Appends the snapshot document to doc (caller-owned, empty). updated_at_ms
+ * < 0 leaves updated_at out (state hashing). */
+void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc);
+/* Reads a snapshot document; returns NULL and fills err if it is not one. */
+tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, size_t err_cap);
+/* 64-bit FNV-1a over the document without updated_at: equal state, equal hash. */
+uint64_t tw_twin_state_hash(const tw_twin_t *t);
+
+#endif

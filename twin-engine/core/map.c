@@ -1,0 +1,87 @@
+/* map.c - see map.h. */
+#include "map.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+uint64_t tw_map_hash(const char *s) {
+  uint64_t h = UINT64_C(1469598103934665603);
+  for (; *s; s++) {
+    h ^= (unsigned char)*s;
+    h *= UINT64_C(1099511628211);
+  }
+  h ^= h >> 29;
+  h *= UINT64_C(0xbf58476d1ce4e5b9);
+  h ^= h >> 32;
+  return h;
+}
+
+void tw_map_init(tw_map_t *m) {
+  m->cap = 1024;
+  m->len = 0;
+  m->slots = tw_xcalloc(m->cap, sizeof *m->slots);
+  m->hashes = tw_xcalloc(m->cap, sizeof *m->hashes);
+}
+
+void tw_map_cleanup(tw_map_t *m, bool destroy_twins) {
+  if (destroy_twins)
+    for (size_t i = 0; i < m->cap; i++) tw_twin_destroy(m->slots[i]);
+  free(m->slots);
+  free(m->hashes);
+  memset(m, 0, sizeof *m);
+}
+
+static size_t find(const tw_map_t *m, const char *id, uint64_t h) {
+  size_t mask = m->cap - 1, i = h & mask;
+  while (m->slots[i] && !(m->hashes[i] == h && strcmp(m->slots[i]->product_id, id) == 0)) i = (i + 1) & mask;
+  return i;
+}
+
+tw_twin_t *tw_map_get(const tw_map_t *m, const char *id) { return m->slots[find(m, id, tw_map_hash(id))]; }
+
+static void grow(tw_map_t *m) {
+  tw_map_t n = {tw_xcalloc(m->cap * 2, sizeof(tw_twin_t *)), tw_xcalloc(m->cap * 2, sizeof(uint64_t)), m->cap * 2,
+                0};
+  for (size_t i = 0; i < m->cap; i++) {
+    if (!m->slots[i]) continue;
+    size_t j = m->hashes[i] & (n.cap - 1);
+    while (n.slots[j]) j = (j + 1) & (n.cap - 1);
+    n.slots[j] = m->slots[i];
+    n.hashes[j] = m->hashes[i];
+    n.len++;
+  }
+  free(m->slots);
+  free(m->hashes);
+  *m = n;
+}
+
+void tw_map_put(tw_map_t *m, tw_twin_t *t) {
+  if ((m->len + 1) * 4 > m->cap * 3) grow(m);
+  uint64_t h = tw_map_hash(t->product_id);
+  size_t i = find(m, t->product_id, h);
+  if (!m->slots[i]) m->len++;
+  m->slots[i] = t;
+  m->hashes[i] = h;
+}
+
+tw_twin_t *tw_map_del(tw_map_t *m, const char *id) {
+  size_t mask = m->cap - 1, i = find(m, id, tw_map_hash(id));
+  tw_twin_t *t = m->slots[i];
+  if (!t) return NULL;
+  m->slots[i] = NULL;
+  m->len--;
+  /* Backward-shift the following run so lookups never hit a false hole. */
+  for (size_t j = (i + 1) & mask; m->slots[j]; j = (j + 1) & mask) {
+    size_t home = m->hashes[j] & mask;
+    bool movable = (i <= j) ? (home <= i || home > j) : (home <= i && home > j);
+    if (movable) {
+      m->slots[i] = m->slots[j];
+      m->hashes[i] = m->hashes[j];
+      m->slots[j] = NULL;
+      i = j;
+    }
+  }
+  return t;
+}

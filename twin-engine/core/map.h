@@ -1,0 +1,28 @@
+/* map.h - product_id -> twin hash map (open addressing, linear probing,
+ * backward-shift deletion). Keys are the twins' own product_id strings, so
+ * the map allocates nothing per entry. One owner thread; no locks. */
+#ifndef TWIN_MAP_H
+#define TWIN_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "twin/twin.h"
+
+typedef struct {
+  tw_twin_t **slots;
+  uint64_t *hashes;
+  size_t cap, len;
+} tw_map_t;
+
+void tw_map_init(tw_map_t *m);
+/* Frees the table; destroys the twins too when destroy_twins. */
+void tw_map_cleanup(tw_map_t *m, bool destroy_twins);
+tw_twin_t *tw_map_get(const tw_map_t *m, const char *product_id);
+/* Inserts t (whose product_id is not in the map yet). */
+void tw_map_put(tw_map_t *m, tw_twin_t *t);
+/* Removes and returns the twin, or NULL. */
+tw_twin_t *tw_map_del(tw_map_t *m, const char *product_id);
+uint64_t tw_map_hash(const char *s);
+
+#endif

@@ -1,0 +1,545 @@
+/* reducer.c - the pure twin reducer: (twin, envelope) -> outcome.
+ *
+ * No I/O, no clock, no logging, no global state: the same envelopes in the
+ * same order always give the same twin. Allocation failure aborts (util.h).
+ *
+ * Semantics (README "Guarantees"):
+ *  - dedupe per (product, source) by seq with a sliding window behind the
+ *    high-water mark: seen -> DUPLICATE, older than the window -> TOO_LATE;
+ *  - telemetry fields are last-writer-wins by (event time, seq); order-free
+ *    statistics (battery health trend) take every accepted sample;
+ *  - lifecycle events drive the stage machine; impossible ones are kept in
+ *    the timeline as rejected, with the reason. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "twin/twin.h"
+#include "twin_int.h"
+#include "util.h"
+
+/* ---- Names ----------------------------------------------------------------- */
+
+static const char *stage_names[TW_STAGE_COUNT] = {
+    "NONE", "ORDERED", "IN_PRODUCTION", "BUILT", "IN_TRANSIT", "AT_DEALER", "IN_SERVICE", "DECOMMISSIONED",
+};
+
+const char *tw_stage_name(tw_stage_t s) { return (unsigned)s < TW_STAGE_COUNT ? stage_names[s] : "NONE"; }
+
+bool tw_stage_parse(const char *name, tw_stage_t *out) {
+  for (int i = 0; i < TW_STAGE_COUNT; i++) {
+    if (strcmp(name, stage_names[i]) == 0) {
+      *out = (tw_stage_t)i;
+      return true;
+    }
+  }
+  return false;
+}
+
+static const char *kind_names[] = {
+    NULL,
+    "ORDERED",
+    "BUILD_STARTED",
+    "BUILD_STEP_COMPLETED",
+    "QUALITY_GATE_PASSED",
+    "QUALITY_GATE_FAILED",
+    "BUILD_COMPLETED",
+    "SHIPPED",
+    "ARRIVED_AT_DEALER",
+    "DELIVERED",
+    "SERVICE_VISIT",
+    "WARRANTY_CLAIM",
+    "RECALL_ISSUED",
+    "RECALL_COMPLETED",
+    "OWNERSHIP_TRANSFERRED",
+    "DECOMMISSIONED",
+};
+
+const char *tw_lifecycle_kind_name(int kind) {
+  if (kind <= 0 || kind >= (int)(sizeof kind_names / sizeof kind_names[0])) return NULL;
+  return kind_names[kind];
+}
+
+static const char *scalar_names[TW_F_SCALAR_COUNT] = {
+    "odometer_km", "speed_kph",      "battery_soc_pct", "battery_soh_pct", "battery_temp_c", "latitude",
+    "longitude",   "fuel_level_pct", "aux_battery_v",   "ambient_temp_c",  "range_km",
+};
+
+const char *tw_scalar_field_name(tw_scalar_field_t f) { return scalar_names[f]; }
+
+static const char *outcome_names[TW_OUT_COUNT] = {"applied", "stale", "duplicate", "too_late", "rejected"};
+
+const char *tw_outcome_name(tw_outcome_t o) { return (unsigned)o < TW_OUT_COUNT ? outcome_names[o] : "?"; }
+
+/* ---- Twin lifetime --------------------------------------------------------- */
+
+tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window) {
+  tw_twin_t *t = tw_xcalloc(1, sizeof *t);
+  t->product_id = tw_xstrdup(product_id);
+  if (seq_window == 0) seq_window = TW_SEQ_WINDOW_DEFAULT;
+  t->seq_window = seq_window > TW_SEQ_WINDOW_MAX ? TW_SEQ_WINDOW_MAX : seq_window;
+  t->offsets[0] = t->offsets[1] = -1;
+  t->partition = -1;
+  return t;
+}
+
+static void entry_cleanup(tw_entry_t *e) {
+  free(e->source);
+  free(e->site);
+  free(e->actor);
+  free(e->detail);
+  free(e->work_order);
+  free(e->recall_id);
+  free(e->owner_id);
+  free(e->model);
+  for (uint32_t i = 0; i < e->n_parts; i++) free(e->parts[i]);
+  free(e->parts);
+  for (uint32_t i = 0; i < e->n_attrs; i++) {
+    free(e->attrs[i].k);
+    free(e->attrs[i].v);
+  }
+  free(e->attrs);
+  free(e->reason);
+}
+
+void tw_twin_destroy(tw_twin_t *t) {
+  if (!t) return;
+  free(t->product_id);
+  free(t->model);
+  free(t->owner);
+  free(t->tire_pressure_kpa.v);
+  free(t->brake_pad_mm.v);
+  for (uint32_t i = 0; i < t->dtc_codes.n; i++) free(t->dtc_codes.s[i]);
+  free(t->dtc_codes.s);
+  free(t->firmware_version);
+  for (uint32_t i = 0; i < t->n_metrics; i++) free(t->metrics[i].name);
+  free(t->metrics);
+  for (uint32_t i = 0; i < t->n_sources; i++) {
+    free(t->sources[i].name);
+    free(t->sources[i].bits);
+  }
+  free(t->sources);
+  for (uint32_t i = 0; i < t->n_timeline; i++) entry_cleanup(&t->timeline[i]);
+  free(t->timeline);
+  for (uint32_t i = 0; i < t->n_open_recalls; i++) free(t->open_recalls[i]);
+  free(t->open_recalls);
+  free(t->last_service.work_order);
+  free(t->last_service.site);
+  free(t);
+}
+
+/* ---- Seq window ------------------------------------------------------------ */
+
+static uint32_t window_words(uint32_t w) { return (w + 63) / 64; }
+
+/* Finds or inserts the source, keeping the array sorted by name. */
+tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window) {
+  uint32_t lo = 0, hi = t->n_sources;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    int c = strcmp(t->sources[mid].name, name);
+    if (c == 0) return &t->sources[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  t->sources = tw_xrealloc(t->sources, (t->n_sources + 1) * sizeof *t->sources);
+  memmove(&t->sources[lo + 1], &t->sources[lo], (t->n_sources - lo) * sizeof *t->sources);
+  t->n_sources++;
+  tw_source_t *s = &t->sources[lo];
+  s->name = tw_xstrdup(name);
+  s->hwm = 0;
+  s->bits = tw_xcalloc(window_words(window), sizeof(uint64_t));
+  return s;
+}
+
+/* Moves every bit d positions up (towards older seqs), dropping bits that
+ * fall out of a window of w bits. */
+static void bits_shift_up(uint64_t *b, uint32_t w, uint64_t d) {
+  uint32_t nw = window_words(w);
+  if (d >= w) {
+    memset(b, 0, nw * sizeof *b);
+    return;
+  }
+  uint32_t ws = (uint32_t)(d / 64), bs = (uint32_t)(d % 64);
+  for (int64_t i = (int64_t)nw - 1; i >= 0; i--) {
+    int64_t src = i - ws;
+    uint64_t v = 0;
+    if (src >= 0) {
+      v = b[src] << bs;
+      if (bs && src - 1 >= 0) v |= b[src - 1] >> (64 - bs);
+    }
+    b[i] = v;
+  }
+  if (w % 64) b[nw - 1] &= (UINT64_C(1) << (w % 64)) - 1;
+}
+
+/* Returns APPLIED when seq is new (and records it), else DUPLICATE/TOO_LATE. */
+static tw_outcome_t seq_admit(tw_source_t *s, uint64_t seq, uint32_t w) {
+  if (seq > s->hwm) {
+    bits_shift_up(s->bits, w, seq - s->hwm);
+    s->bits[0] |= 1;
+    s->hwm = seq;
+    return TW_OUT_APPLIED;
+  }
+  uint64_t i = s->hwm - seq;
+  if (i >= w) return TW_OUT_TOO_LATE;
+  uint64_t mask = UINT64_C(1) << (i % 64);
+  if (s->bits[i / 64] & mask) return TW_OUT_DUPLICATE;
+  s->bits[i / 64] |= mask;
+  return TW_OUT_APPLIED;
+}
+
+/* ---- Telemetry ------------------------------------------------------------- */
+
+/* True when a sample stamped (at, seq) replaces what st holds. */
+static bool newer(const tw_stamp_t *st, int64_t at, uint64_t seq) {
+  if (!st->set) return true;
+  if (at != st->at_ms) return at > st->at_ms;
+  return seq > st->seq;
+}
+
+static void stamp(tw_stamp_t *st, int64_t at, uint64_t seq) {
+  st->at_ms = at;
+  st->seq = seq;
+  st->set = true;
+}
+
+typedef struct {
+  int64_t at;
+  uint64_t seq;
+  uint32_t applied, stale;
+} tel_ctx_t;
+
+static void put_scalar(tw_scalar_t *f, double v, tel_ctx_t *c) {
+  if (!newer(&f->st, c->at, c->seq)) {
+    c->stale++;
+    return;
+  }
+  f->value = v;
+  stamp(&f->st, c->at, c->seq);
+  c->applied++;
+}
+
+static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c) {
+  if (!newer(&f->st, c->at, c->seq)) {
+    c->stale++;
+    return;
+  }
+  f->v = tw_xrealloc(f->v, n * sizeof *v);
+  memcpy(f->v, v, n * sizeof *v);
+  f->n = (uint32_t)n;
+  stamp(&f->st, c->at, c->seq);
+  c->applied++;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
+  if (!newer(&f->st, c->at, c->seq)) {
+    c->stale++;
+    return;
+  }
+  for (uint32_t i = 0; i < f->n; i++) free(f->s[i]);
+  /* Stored as a sorted set without repeats, so the same set reads the same. */
+  f->s = tw_xrealloc(f->s, n * sizeof *f->s);
+  for (size_t i = 0; i < n; i++) f->s[i] = tw_xstrdup(codes[i]);
+  qsort(f->s, n, sizeof *f->s, cmp_str);
+  uint32_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (k > 0 && strcmp(f->s[k - 1], f->s[i]) == 0) {
+      free(f->s[i]);
+      continue;
+    }
+    f->s[k++] = f->s[i];
+  }
+  f->n = k;
+  stamp(&f->st, c->at, c->seq);
+  c->applied++;
+}
+
+tw_metric_t *tw_twin_metric(tw_twin_t *t, const char *name) {
+  uint32_t lo = 0, hi = t->n_metrics;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    int cmp = strcmp(t->metrics[mid].name, name);
+    if (cmp == 0) return &t->metrics[mid];
+    if (cmp < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  t->metrics = tw_xrealloc(t->metrics, (t->n_metrics + 1) * sizeof *t->metrics);
+  memmove(&t->metrics[lo + 1], &t->metrics[lo], (t->n_metrics - lo) * sizeof *t->metrics);
+  t->n_metrics++;
+  memset(&t->metrics[lo], 0, sizeof t->metrics[lo]);
+  t->metrics[lo].name = tw_xstrdup(name);
+  return &t->metrics[lo];
+}
+
+static void trend_add(tw_trend_t *tr, int64_t at, double soh) {
+  if (tr->n == 0) tr->t0_ms = at;
+  double d = (double)(at - tr->t0_ms) / 86400000.0;
+  tr->n++;
+  tr->st += d;
+  tr->sy += soh;
+  tr->stt += d * d;
+  tr->sty += d * soh;
+}
+
+#define TEL_HAS(tm, f) ((tm)->_##f##_case != 0)
+
+static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env) {
+  const Twin__V1__Telemetry *tm = env->telemetry;
+  tel_ctx_t c = {.at = env->event_time_ms, .seq = env->seq};
+
+  if (TEL_HAS(tm, odometer_km)) put_scalar(&t->scalars[TW_F_ODOMETER_KM], tm->odometer_km, &c);
+  if (TEL_HAS(tm, speed_kph)) put_scalar(&t->scalars[TW_F_SPEED_KPH], tm->speed_kph, &c);
+  if (TEL_HAS(tm, battery_soc_pct)) put_scalar(&t->scalars[TW_F_BATTERY_SOC_PCT], tm->battery_soc_pct, &c);
+  if (TEL_HAS(tm, battery_soh_pct)) {
+    put_scalar(&t->scalars[TW_F_BATTERY_SOH_PCT], tm->battery_soh_pct, &c);
+    trend_add(&t->soh_trend, env->event_time_ms, tm->battery_soh_pct);
+  }
+  if (TEL_HAS(tm, battery_temp_c)) put_scalar(&t->scalars[TW_F_BATTERY_TEMP_C], tm->battery_temp_c, &c);
+  if (TEL_HAS(tm, latitude)) put_scalar(&t->scalars[TW_F_LATITUDE], tm->latitude, &c);
+  if (TEL_HAS(tm, longitude)) put_scalar(&t->scalars[TW_F_LONGITUDE], tm->longitude, &c);
+  if (TEL_HAS(tm, fuel_level_pct)) put_scalar(&t->scalars[TW_F_FUEL_LEVEL_PCT], tm->fuel_level_pct, &c);
+  if (TEL_HAS(tm, aux_battery_v)) put_scalar(&t->scalars[TW_F_AUX_BATTERY_V], tm->aux_battery_v, &c);
+  if (TEL_HAS(tm, ambient_temp_c)) put_scalar(&t->scalars[TW_F_AMBIENT_TEMP_C], tm->ambient_temp_c, &c);
+  if (TEL_HAS(tm, range_km)) put_scalar(&t->scalars[TW_F_RANGE_KM], tm->range_km, &c);
+  if (tm->n_tire_pressure_kpa) put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c);
+  if (tm->n_brake_pad_mm) put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c);
+  if (tm->n_dtc_codes || tm->dtc_codes_reported) put_dtcs(&t->dtc_codes, tm->dtc_codes, tm->n_dtc_codes, &c);
+  if (TEL_HAS(tm, firmware_version)) {
+    if (newer(&t->firmware_st, c.at, c.seq)) {
+      free(t->firmware_version);
+      t->firmware_version = tw_xstrdup(tm->firmware_version);
+      stamp(&t->firmware_st, c.at, c.seq);
+      c.applied++;
+    } else {
+      c.stale++;
+    }
+  }
+  for (size_t i = 0; i < tm->n_metrics; i++) {
+    tw_metric_t *m = tw_twin_metric(t, tm->metrics[i]->key);
+    put_scalar(&m->val, tm->metrics[i]->value, &c);
+  }
+
+  t->counters.telemetry++;
+  t->counters.stale_fields += c.stale;
+  /* An event whose every field was older than what the twin holds is still
+   * accepted (it fed the order-free statistics) but changed no value. */
+  return (c.applied == 0 && c.stale > 0) ? TW_OUT_STALE : TW_OUT_APPLIED;
+}
+
+/* ---- Lifecycle ------------------------------------------------------------- */
+
+tw_entry_t *tw_twin_timeline_add(tw_twin_t *t) {
+  if (t->n_timeline == t->cap_timeline) {
+    t->cap_timeline = t->cap_timeline ? t->cap_timeline * 2 : 8;
+    t->timeline = tw_xrealloc(t->timeline, t->cap_timeline * sizeof *t->timeline);
+  }
+  tw_entry_t *e = &t->timeline[t->n_timeline++];
+  memset(e, 0, sizeof *e);
+  return e;
+}
+
+static void timeline_push(tw_twin_t *t, const Twin__V1__Envelope *env, const char *reason) {
+  const Twin__V1__LifecycleEvent *lc = env->lifecycle;
+  tw_entry_t *e = tw_twin_timeline_add(t);
+  e->kind = (int)lc->kind;
+  e->event_time_ms = env->event_time_ms;
+  e->source = tw_xstrdup(env->source);
+  e->seq = env->seq;
+  e->site = tw_xstrdup_nonempty(lc->site);
+  e->actor = tw_xstrdup_nonempty(lc->actor);
+  e->detail = tw_xstrdup_nonempty(lc->detail);
+  e->work_order = tw_xstrdup_nonempty(lc->work_order);
+  e->recall_id = tw_xstrdup_nonempty(lc->recall_id);
+  e->owner_id = tw_xstrdup_nonempty(lc->owner_id);
+  e->model = tw_xstrdup_nonempty(lc->model);
+  e->has_odometer = lc->_odometer_km_case != 0;
+  e->odometer_km = e->has_odometer ? lc->odometer_km : 0;
+  if (lc->n_parts_replaced) {
+    e->parts = tw_xmalloc(lc->n_parts_replaced * sizeof *e->parts);
+    for (size_t i = 0; i < lc->n_parts_replaced; i++) e->parts[i] = tw_xstrdup(lc->parts_replaced[i]);
+    e->n_parts = (uint32_t)lc->n_parts_replaced;
+  }
+  if (lc->n_attributes) {
+    e->attrs = tw_xmalloc(lc->n_attributes * sizeof *e->attrs);
+    for (size_t i = 0; i < lc->n_attributes; i++) {
+      /* Keep attributes sorted by key so the document does not depend on the
+       * producer's map order; a repeated key keeps its last value. */
+      const char *k = lc->attributes[i]->key, *v = lc->attributes[i]->value;
+      uint32_t j = 0;
+      while (j < e->n_attrs && strcmp(e->attrs[j].k, k) < 0) j++;
+      if (j < e->n_attrs && strcmp(e->attrs[j].k, k) == 0) {
+        free(e->attrs[j].v);
+        e->attrs[j].v = tw_xstrdup(v);
+        continue;
+      }
+      memmove(&e->attrs[j + 1], &e->attrs[j], (e->n_attrs - j) * sizeof *e->attrs);
+      e->attrs[j].k = tw_xstrdup(k);
+      e->attrs[j].v = tw_xstrdup(v);
+      e->n_attrs++;
+    }
+  }
+  e->rejected = reason != NULL;
+  e->reason = reason ? tw_xstrdup(reason) : NULL;
+}
+
+static int open_recall_index(const tw_twin_t *t, const char *id) {
+  for (uint32_t i = 0; i < t->n_open_recalls; i++)
+    if (strcmp(t->open_recalls[i], id) == 0) return (int)i;
+  return -1;
+}
+
+static bool recall_was_completed(const tw_twin_t *t, const char *id) {
+  for (uint32_t i = 0; i < t->n_timeline; i++) {
+    const tw_entry_t *e = &t->timeline[i];
+    if (!e->rejected && e->kind == TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED && e->recall_id &&
+        strcmp(e->recall_id, id) == 0)
+      return true;
+  }
+  return false;
+}
+
+static bool has_brake_parts(const Twin__V1__LifecycleEvent *lc) {
+  for (size_t i = 0; i < lc->n_parts_replaced; i++)
+    if (strncmp(lc->parts_replaced[i], "brake_pad", 9) == 0) return true;
+  return false;
+}
+
+/* Returns NULL when the event may apply to t, else why not. Reasons are
+ * fixed strings so equal histories give equal documents. */
+static const char *lifecycle_check(const tw_twin_t *t, const Twin__V1__LifecycleEvent *lc) {
+  tw_stage_t s = t->stage;
+  if (s == TW_STAGE_DECOMMISSIONED) return "product is decommissioned: no lifecycle event may follow";
+  switch (lc->kind) {
+  case TWIN__V1__LIFECYCLE_KIND__ORDERED:
+    return s == TW_STAGE_NONE ? NULL : "ORDERED for a product that is already ordered";
+  case TWIN__V1__LIFECYCLE_KIND__BUILD_STARTED:
+    return (s == TW_STAGE_NONE || s == TW_STAGE_ORDERED) ? NULL : "BUILD_STARTED requires stage ORDERED";
+  case TWIN__V1__LIFECYCLE_KIND__BUILD_STEP_COMPLETED:
+  case TWIN__V1__LIFECYCLE_KIND__QUALITY_GATE_PASSED:
+  case TWIN__V1__LIFECYCLE_KIND__QUALITY_GATE_FAILED:
+    return s == TW_STAGE_IN_PRODUCTION ? NULL : "build and quality events require stage IN_PRODUCTION";
+  case TWIN__V1__LIFECYCLE_KIND__BUILD_COMPLETED:
+    if (s != TW_STAGE_IN_PRODUCTION) return "BUILD_COMPLETED requires stage IN_PRODUCTION";
+    return t->quality_hold ? "BUILD_COMPLETED while the last quality gate failed" : NULL;
+  case TWIN__V1__LIFECYCLE_KIND__SHIPPED:
+    return (s == TW_STAGE_BUILT || s == TW_STAGE_AT_DEALER) ? NULL : "SHIPPED requires stage BUILT or AT_DEALER";
+  case TWIN__V1__LIFECYCLE_KIND__ARRIVED_AT_DEALER:
+    return s == TW_STAGE_IN_TRANSIT ? NULL : "ARRIVED_AT_DEALER requires stage IN_TRANSIT";
+  case TWIN__V1__LIFECYCLE_KIND__DELIVERED:
+    if (s != TW_STAGE_AT_DEALER && s != TW_STAGE_IN_TRANSIT)
+      return "DELIVERED requires stage AT_DEALER or IN_TRANSIT (the product is not built and shipped)";
+    return lc->owner_id[0] ? NULL : "DELIVERED without owner_id";
+  case TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT:
+  case TWIN__V1__LIFECYCLE_KIND__WARRANTY_CLAIM:
+    return s == TW_STAGE_IN_SERVICE ? NULL : "service and warranty events require stage IN_SERVICE";
+  case TWIN__V1__LIFECYCLE_KIND__OWNERSHIP_TRANSFERRED:
+    if (s != TW_STAGE_IN_SERVICE) return "OWNERSHIP_TRANSFERRED requires stage IN_SERVICE";
+    return lc->owner_id[0] ? NULL : "OWNERSHIP_TRANSFERRED without owner_id";
+  case TWIN__V1__LIFECYCLE_KIND__RECALL_ISSUED:
+    if (s < TW_STAGE_BUILT) return "RECALL_ISSUED for a product that is not built";
+    if (!lc->recall_id[0]) return "RECALL_ISSUED without recall_id";
+    return open_recall_index(t, lc->recall_id) >= 0 ? "RECALL_ISSUED for a recall that is already open" : NULL;
+  case TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED:
+    if (!lc->recall_id[0]) return "RECALL_COMPLETED without recall_id";
+    if (open_recall_index(t, lc->recall_id) >= 0) return NULL;
+    return recall_was_completed(t, lc->recall_id) ? "RECALL_COMPLETED for a recall already completed"
+                                                  : "RECALL_COMPLETED for a recall that was never issued";
+  case TWIN__V1__LIFECYCLE_KIND__DECOMMISSIONED:
+    return NULL;
+  default:
+    return "unknown lifecycle kind"; /* tw_envelope_validate() sends these to the DLQ */
+  }
+}
+
+static void set_str(char **dst, const char *src) {
+  free(*dst);
+  *dst = tw_xstrdup_nonempty(src);
+}
+
+static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
+  const Twin__V1__LifecycleEvent *lc = env->lifecycle;
+  if (lc->model[0]) set_str(&t->model, lc->model);
+  switch (lc->kind) {
+  case TWIN__V1__LIFECYCLE_KIND__ORDERED: t->stage = TW_STAGE_ORDERED; break;
+  case TWIN__V1__LIFECYCLE_KIND__BUILD_STARTED: t->stage = TW_STAGE_IN_PRODUCTION; break;
+  case TWIN__V1__LIFECYCLE_KIND__QUALITY_GATE_PASSED: t->quality_hold = false; break;
+  case TWIN__V1__LIFECYCLE_KIND__QUALITY_GATE_FAILED: t->quality_hold = true; break;
+  case TWIN__V1__LIFECYCLE_KIND__BUILD_COMPLETED: t->stage = TW_STAGE_BUILT; break;
+  case TWIN__V1__LIFECYCLE_KIND__SHIPPED: t->stage = TW_STAGE_IN_TRANSIT; break;
+  case TWIN__V1__LIFECYCLE_KIND__ARRIVED_AT_DEALER: t->stage = TW_STAGE_AT_DEALER; break;
+  case TWIN__V1__LIFECYCLE_KIND__DELIVERED:
+    t->stage = TW_STAGE_IN_SERVICE;
+    set_str(&t->owner, lc->owner_id);
+    break;
+  case TWIN__V1__LIFECYCLE_KIND__OWNERSHIP_TRANSFERRED: set_str(&t->owner, lc->owner_id); break;
+  case TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT: {
+    tw_service_t *sv = &t->last_service;
+    sv->set = true;
+    sv->at_ms = env->event_time_ms;
+    sv->has_odometer = lc->_odometer_km_case != 0;
+    sv->odometer_km = sv->has_odometer ? lc->odometer_km : 0;
+    set_str(&sv->work_order, lc->work_order);
+    set_str(&sv->site, lc->site);
+    if (has_brake_parts(lc)) t->last_brake_service_ms = env->event_time_ms;
+    break;
+  }
+  case TWIN__V1__LIFECYCLE_KIND__RECALL_ISSUED:
+    t->open_recalls = tw_xrealloc(t->open_recalls, (t->n_open_recalls + 1) * sizeof *t->open_recalls);
+    t->open_recalls[t->n_open_recalls++] = tw_xstrdup(lc->recall_id);
+    break;
+  case TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED: {
+    int i = open_recall_index(t, lc->recall_id);
+    free(t->open_recalls[i]);
+    memmove(&t->open_recalls[i], &t->open_recalls[i + 1],
+            (t->n_open_recalls - (uint32_t)i - 1) * sizeof *t->open_recalls);
+    t->n_open_recalls--;
+    break;
+  }
+  case TWIN__V1__LIFECYCLE_KIND__DECOMMISSIONED: t->stage = TW_STAGE_DECOMMISSIONED; break;
+  default: break; /* BUILD_STEP_COMPLETED, WARRANTY_CLAIM: timeline only */
+  }
+}
+
+static tw_outcome_t reduce_lifecycle(tw_twin_t *t, const Twin__V1__Envelope *env, const char **reason) {
+  const char *why = lifecycle_check(t, env->lifecycle);
+  timeline_push(t, env, why);
+  if (why) {
+    t->counters.rejected++;
+    if (reason) *reason = t->timeline[t->n_timeline - 1].reason;
+    return TW_OUT_REJECTED;
+  }
+  lifecycle_apply(t, env);
+  t->counters.lifecycle++;
+  return TW_OUT_APPLIED;
+}
+
+/* ---- Entry point ----------------------------------------------------------- */
+
+tw_outcome_t tw_reduce(tw_twin_t *t, const Twin__V1__Envelope *env, const char **reason) {
+  uint32_t w = t->seq_window;
+  if (reason) *reason = NULL;
+  t->seen++;
+  tw_source_t *src = tw_twin_source(t, env->source, w);
+  tw_outcome_t o = seq_admit(src, env->seq, w);
+  if (o == TW_OUT_DUPLICATE) {
+    t->counters.duplicates++;
+    return o;
+  }
+  if (o == TW_OUT_TOO_LATE) {
+    t->counters.too_late++;
+    return o;
+  }
+  if (env->payload_case == TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY) {
+    o = reduce_telemetry(t, env);
+  } else {
+    o = reduce_lifecycle(t, env, reason);
+  }
+  if (o != TW_OUT_REJECTED) t->rev++;
+  return o;
+}

@@ -1,0 +1,543 @@
+/* twin_bson.c - the twin as a MongoDB snapshot document, and back.
+ *
+ * The document layout is a public contract (schemas/twin.schema.json):
+ * fields are written in a fixed order so equal twins give equal bytes,
+ * and tw_twin_from_bson(tw_twin_to_bson(t)) continues exactly where t was
+ * (the seq windows, LWW stamps and trend sums are all stored). Unsigned
+ * 64-bit seqs are stored as int64 with the same bits. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "twin/twin.h"
+#include "twin_int.h"
+#include "util.h"
+
+/* ---- Writing --------------------------------------------------------------- */
+
+static void put_stamp(bson_t *d, const tw_stamp_t *st) {
+  BSON_APPEND_INT64(d, "at_ms", st->at_ms);
+  BSON_APPEND_INT64(d, "seq", (int64_t)st->seq);
+}
+
+static void put_str_or_null(bson_t *d, const char *k, const char *v) {
+  if (v)
+    BSON_APPEND_UTF8(d, k, v);
+  else
+    BSON_APPEND_NULL(d, k);
+}
+
+static void put_doubles(bson_t *d, const char *k, const double *v, uint32_t n) {
+  bson_t a;
+  char key[16];
+  const char *kp;
+  BSON_APPEND_ARRAY_BEGIN(d, k, &a);
+  for (uint32_t i = 0; i < n; i++) {
+    bson_uint32_to_string(i, &kp, key, sizeof key);
+    BSON_APPEND_DOUBLE(&a, kp, v[i]);
+  }
+  bson_append_array_end(d, &a);
+}
+
+static void put_strings(bson_t *d, const char *k, char *const *v, uint32_t n) {
+  bson_t a;
+  char key[16];
+  const char *kp;
+  BSON_APPEND_ARRAY_BEGIN(d, k, &a);
+  for (uint32_t i = 0; i < n; i++) {
+    bson_uint32_to_string(i, &kp, key, sizeof key);
+    BSON_APPEND_UTF8(&a, kp, v[i]);
+  }
+  bson_append_array_end(d, &a);
+}
+
+static void put_telemetry(bson_t *doc, const tw_twin_t *t) {
+  bson_t tel, f;
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "telemetry", &tel);
+  for (int i = 0; i < TW_F_SCALAR_COUNT; i++) {
+    const tw_scalar_t *s = &t->scalars[i];
+    if (!s->st.set) continue;
+    BSON_APPEND_DOCUMENT_BEGIN(&tel, tw_scalar_field_name((tw_scalar_field_t)i), &f);
+    BSON_APPEND_DOUBLE(&f, "value", s->value);
+    put_stamp(&f, &s->st);
+    bson_append_document_end(&tel, &f);
+  }
+  const struct {
+    const char *name;
+    const tw_vec_t *v;
+  } vecs[] = {{"tire_pressure_kpa", &t->tire_pressure_kpa}, {"brake_pad_mm", &t->brake_pad_mm}};
+  for (size_t i = 0; i < 2; i++) {
+    if (!vecs[i].v->st.set) continue;
+    BSON_APPEND_DOCUMENT_BEGIN(&tel, vecs[i].name, &f);
+    put_doubles(&f, "value", vecs[i].v->v, vecs[i].v->n);
+    put_stamp(&f, &vecs[i].v->st);
+    bson_append_document_end(&tel, &f);
+  }
+  if (t->dtc_codes.st.set) {
+    BSON_APPEND_DOCUMENT_BEGIN(&tel, "dtc_codes", &f);
+    put_strings(&f, "value", t->dtc_codes.s, t->dtc_codes.n);
+    put_stamp(&f, &t->dtc_codes.st);
+    bson_append_document_end(&tel, &f);
+  }
+  if (t->firmware_st.set) {
+    BSON_APPEND_DOCUMENT_BEGIN(&tel, "firmware_version", &f);
+    BSON_APPEND_UTF8(&f, "value", t->firmware_version);
+    put_stamp(&f, &t->firmware_st);
+    bson_append_document_end(&tel, &f);
+  }
+  if (t->n_metrics) {
+    bson_t m;
+    BSON_APPEND_DOCUMENT_BEGIN(&tel, "metrics", &m);
+    for (uint32_t i = 0; i < t->n_metrics; i++) {
+      BSON_APPEND_DOCUMENT_BEGIN(&m, t->metrics[i].name, &f);
+      BSON_APPEND_DOUBLE(&f, "value", t->metrics[i].val.value);
+      put_stamp(&f, &t->metrics[i].val.st);
+      bson_append_document_end(&m, &f);
+    }
+    bson_append_document_end(&tel, &m);
+  }
+  bson_append_document_end(doc, &tel);
+}
+
+static void put_entry(bson_t *a, const char *key, const tw_entry_t *e) {
+  bson_t d;
+  BSON_APPEND_DOCUMENT_BEGIN(a, key, &d);
+  const char *kind = tw_lifecycle_kind_name(e->kind);
+  BSON_APPEND_UTF8(&d, "kind", kind ? kind : "UNKNOWN");
+  BSON_APPEND_INT64(&d, "event_time_ms", e->event_time_ms);
+  BSON_APPEND_UTF8(&d, "source", e->source);
+  BSON_APPEND_INT64(&d, "seq", (int64_t)e->seq);
+  BSON_APPEND_UTF8(&d, "status", e->rejected ? "rejected" : "applied");
+  if (e->reason) BSON_APPEND_UTF8(&d, "reason", e->reason);
+  if (e->site) BSON_APPEND_UTF8(&d, "site", e->site);
+  if (e->actor) BSON_APPEND_UTF8(&d, "actor", e->actor);
+  if (e->detail) BSON_APPEND_UTF8(&d, "detail", e->detail);
+  if (e->work_order) BSON_APPEND_UTF8(&d, "work_order", e->work_order);
+  if (e->has_odometer) BSON_APPEND_DOUBLE(&d, "odometer_km", e->odometer_km);
+  if (e->n_parts) put_strings(&d, "parts_replaced", e->parts, e->n_parts);
+  if (e->recall_id) BSON_APPEND_UTF8(&d, "recall_id", e->recall_id);
+  if (e->owner_id) BSON_APPEND_UTF8(&d, "owner_id", e->owner_id);
+  if (e->model) BSON_APPEND_UTF8(&d, "model", e->model);
+  if (e->n_attrs) {
+    bson_t at;
+    BSON_APPEND_DOCUMENT_BEGIN(&d, "attributes", &at);
+    for (uint32_t i = 0; i < e->n_attrs; i++) BSON_APPEND_UTF8(&at, e->attrs[i].k, e->attrs[i].v);
+    bson_append_document_end(&d, &at);
+  }
+  bson_append_document_end(a, &d);
+}
+
+/* Slope of the least-squares line through (days, soh), in % per year. */
+static bool trend_slope(const tw_trend_t *tr, double *out) {
+  double n = (double)tr->n;
+  double den = n * tr->stt - tr->st * tr->st;
+  if (tr->n < 2 || den <= 0) return false;
+  *out = (n * tr->sty - tr->st * tr->sy) / den * 365.0;
+  return true;
+}
+
+void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
+  char key[16];
+  const char *kp;
+  bson_t a, d;
+
+  BSON_APPEND_UTF8(doc, "_id", t->product_id);
+  BSON_APPEND_UTF8(doc, "stage", tw_stage_name(t->stage));
+  put_str_or_null(doc, "model", t->model);
+  put_str_or_null(doc, "owner", t->owner);
+  BSON_APPEND_INT64(doc, "rev", (int64_t)t->rev);
+  BSON_APPEND_INT64(doc, "seen", (int64_t)t->seen);
+  BSON_APPEND_BOOL(doc, "quality_hold", t->quality_hold);
+  put_telemetry(doc, t);
+
+  /* Derived values users filter and sort on. */
+  put_strings(doc, "active_dtcs", t->dtc_codes.s, t->dtc_codes.n);
+  if (t->brake_pad_mm.n) {
+    double m = t->brake_pad_mm.v[0];
+    for (uint32_t i = 1; i < t->brake_pad_mm.n; i++)
+      if (t->brake_pad_mm.v[i] < m) m = t->brake_pad_mm.v[i];
+    BSON_APPEND_DOUBLE(doc, "min_brake_pad_mm", m);
+  } else {
+    BSON_APPEND_NULL(doc, "min_brake_pad_mm");
+  }
+  const tw_scalar_t *odo = &t->scalars[TW_F_ODOMETER_KM];
+  if (odo->st.set && t->last_service.set && t->last_service.has_odometer)
+    BSON_APPEND_DOUBLE(doc, "odometer_since_service_km", odo->value - t->last_service.odometer_km);
+  else if (odo->st.set && !t->last_service.set)
+    BSON_APPEND_DOUBLE(doc, "odometer_since_service_km", odo->value);
+  else
+    BSON_APPEND_NULL(doc, "odometer_since_service_km");
+
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "battery_health", &d);
+  const tw_scalar_t *soh = &t->scalars[TW_F_BATTERY_SOH_PCT];
+  if (soh->st.set)
+    BSON_APPEND_DOUBLE(&d, "soh_pct", soh->value);
+  else
+    BSON_APPEND_NULL(&d, "soh_pct");
+  double slope;
+  if (trend_slope(&t->soh_trend, &slope))
+    BSON_APPEND_DOUBLE(&d, "trend_pct_per_year", slope);
+  else
+    BSON_APPEND_NULL(&d, "trend_pct_per_year");
+  BSON_APPEND_INT64(&d, "samples", (int64_t)t->soh_trend.n);
+  BSON_APPEND_INT64(&d, "t0_ms", t->soh_trend.t0_ms);
+  BSON_APPEND_DOUBLE(&d, "sum_t", t->soh_trend.st);
+  BSON_APPEND_DOUBLE(&d, "sum_y", t->soh_trend.sy);
+  BSON_APPEND_DOUBLE(&d, "sum_tt", t->soh_trend.stt);
+  BSON_APPEND_DOUBLE(&d, "sum_ty", t->soh_trend.sty);
+  bson_append_document_end(doc, &d);
+
+  BSON_APPEND_ARRAY_BEGIN(doc, "timeline", &a);
+  for (uint32_t i = 0; i < t->n_timeline; i++) {
+    bson_uint32_to_string(i, &kp, key, sizeof key);
+    put_entry(&a, kp, &t->timeline[i]);
+  }
+  bson_append_array_end(doc, &a);
+  put_strings(doc, "open_recalls", t->open_recalls, t->n_open_recalls);
+
+  if (t->last_service.set) {
+    BSON_APPEND_DOCUMENT_BEGIN(doc, "last_service", &d);
+    BSON_APPEND_INT64(&d, "at_ms", t->last_service.at_ms);
+    if (t->last_service.has_odometer)
+      BSON_APPEND_DOUBLE(&d, "odometer_km", t->last_service.odometer_km);
+    else
+      BSON_APPEND_NULL(&d, "odometer_km");
+    put_str_or_null(&d, "work_order", t->last_service.work_order);
+    put_str_or_null(&d, "site", t->last_service.site);
+    bson_append_document_end(doc, &d);
+  } else {
+    BSON_APPEND_NULL(doc, "last_service");
+  }
+  if (t->last_brake_service_ms)
+    BSON_APPEND_INT64(doc, "last_brake_service_ms", t->last_brake_service_ms);
+  else
+    BSON_APPEND_NULL(doc, "last_brake_service_ms");
+
+  BSON_APPEND_ARRAY_BEGIN(doc, "sources", &a);
+  for (uint32_t i = 0; i < t->n_sources; i++) {
+    const tw_source_t *s = &t->sources[i];
+    bson_t sd, miss;
+    bson_uint32_to_string(i, &kp, key, sizeof key);
+    BSON_APPEND_DOCUMENT_BEGIN(&a, kp, &sd);
+    BSON_APPEND_UTF8(&sd, "name", s->name);
+    BSON_APPEND_INT64(&sd, "hwm", (int64_t)s->hwm);
+    /* The window as the seqs behind hwm not yet seen: usually none. */
+    BSON_APPEND_ARRAY_BEGIN(&sd, "missing", &miss);
+    uint64_t span = s->hwm < t->seq_window ? s->hwm : t->seq_window;
+    uint32_t k = 0;
+    for (uint64_t j = span; j-- > 1;) {
+      if (s->bits[j / 64] & (UINT64_C(1) << (j % 64))) continue;
+      bson_uint32_to_string(k++, &kp, key, sizeof key);
+      BSON_APPEND_INT64(&miss, kp, (int64_t)(s->hwm - j));
+    }
+    bson_append_array_end(&sd, &miss);
+    bson_append_document_end(&a, &sd);
+  }
+  bson_append_array_end(doc, &a);
+
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "counters", &d);
+  BSON_APPEND_INT64(&d, "telemetry", (int64_t)t->counters.telemetry);
+  BSON_APPEND_INT64(&d, "lifecycle", (int64_t)t->counters.lifecycle);
+  BSON_APPEND_INT64(&d, "duplicates", (int64_t)t->counters.duplicates);
+  BSON_APPEND_INT64(&d, "too_late", (int64_t)t->counters.too_late);
+  BSON_APPEND_INT64(&d, "rejected", (int64_t)t->counters.rejected);
+  BSON_APPEND_INT64(&d, "stale_fields", (int64_t)t->counters.stale_fields);
+  bson_append_document_end(doc, &d);
+
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "offsets", &d);
+  BSON_APPEND_INT64(&d, "telemetry", t->offsets[TW_TOPIC_TELEMETRY]);
+  BSON_APPEND_INT64(&d, "lifecycle", t->offsets[TW_TOPIC_LIFECYCLE]);
+  bson_append_document_end(doc, &d);
+
+  if (updated_at_ms >= 0) BSON_APPEND_DATE_TIME(doc, "updated_at", updated_at_ms);
+}
+
+/* ---- Reading --------------------------------------------------------------- */
+
+typedef struct {
+  char *err;
+  size_t cap;
+  bool failed;
+} rd_t;
+
+static void rd_fail(rd_t *r, const char *fmt, ...) {
+  if (r->failed) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->err, r->cap, fmt, ap);
+  va_end(ap);
+  r->failed = true;
+}
+
+static int64_t it_i64(const bson_iter_t *it) {
+  if (BSON_ITER_HOLDS_INT64(it)) return bson_iter_int64(it);
+  if (BSON_ITER_HOLDS_INT32(it)) return bson_iter_int32(it);
+  if (BSON_ITER_HOLDS_DOUBLE(it)) return (int64_t)bson_iter_double(it);
+  return 0;
+}
+
+static double it_dbl(const bson_iter_t *it) {
+  if (BSON_ITER_HOLDS_DOUBLE(it)) return bson_iter_double(it);
+  if (BSON_ITER_HOLDS_INT64(it)) return (double)bson_iter_int64(it);
+  if (BSON_ITER_HOLDS_INT32(it)) return bson_iter_int32(it);
+  return 0;
+}
+
+/* Copy of a UTF-8 value, or NULL for null/absent/other types. */
+static char *it_str(const bson_iter_t *it) {
+  if (!BSON_ITER_HOLDS_UTF8(it)) return NULL;
+  uint32_t n;
+  const char *s = bson_iter_utf8(it, &n);
+  return tw_xstrndup(s, n);
+}
+
+static void read_stamp_from(const bson_iter_t *field, tw_stamp_t *st) {
+  bson_iter_t in;
+  if (!bson_iter_recurse(field, &in)) return;
+  st->set = true;
+  while (bson_iter_next(&in)) {
+    if (strcmp(bson_iter_key(&in), "at_ms") == 0) st->at_ms = it_i64(&in);
+    if (strcmp(bson_iter_key(&in), "seq") == 0) st->seq = (uint64_t)it_i64(&in);
+  }
+}
+
+static bool sub_find(const bson_iter_t *field, const char *key, bson_iter_t *out) {
+  bson_iter_t in;
+  if (!bson_iter_recurse(field, &in)) return false;
+  return bson_iter_find(&in, key) && (*out = in, true);
+}
+
+static double *read_doubles(const bson_iter_t *arr, uint32_t *n) {
+  bson_iter_t in;
+  double *v = NULL;
+  *n = 0;
+  if (!BSON_ITER_HOLDS_ARRAY(arr) || !bson_iter_recurse(arr, &in)) return NULL;
+  while (bson_iter_next(&in)) {
+    v = tw_xrealloc(v, (*n + 1) * sizeof *v);
+    v[(*n)++] = it_dbl(&in);
+  }
+  return v;
+}
+
+static char **read_strings(const bson_iter_t *arr, uint32_t *n) {
+  bson_iter_t in;
+  char **v = NULL;
+  *n = 0;
+  if (!BSON_ITER_HOLDS_ARRAY(arr) || !bson_iter_recurse(arr, &in)) return NULL;
+  while (bson_iter_next(&in)) {
+    char *s = it_str(&in);
+    if (!s) continue;
+    v = tw_xrealloc(v, (*n + 1) * sizeof *v);
+    v[(*n)++] = s;
+  }
+  return v;
+}
+
+static void read_telemetry(tw_twin_t *t, const bson_iter_t *tel) {
+  bson_iter_t in, v;
+  if (!bson_iter_recurse(tel, &in)) return;
+  while (bson_iter_next(&in)) {
+    const char *k = bson_iter_key(&in);
+    bool done = false;
+    for (int i = 0; i < TW_F_SCALAR_COUNT && !done; i++) {
+      if (strcmp(k, tw_scalar_field_name((tw_scalar_field_t)i)) != 0) continue;
+      if (sub_find(&in, "value", &v)) t->scalars[i].value = it_dbl(&v);
+      read_stamp_from(&in, &t->scalars[i].st);
+      done = true;
+    }
+    if (done) continue;
+    if (strcmp(k, "tire_pressure_kpa") == 0 || strcmp(k, "brake_pad_mm") == 0) {
+      tw_vec_t *vec = k[0] == 't' ? &t->tire_pressure_kpa : &t->brake_pad_mm;
+      if (sub_find(&in, "value", &v)) vec->v = read_doubles(&v, &vec->n);
+      read_stamp_from(&in, &vec->st);
+    } else if (strcmp(k, "dtc_codes") == 0) {
+      if (sub_find(&in, "value", &v)) t->dtc_codes.s = read_strings(&v, &t->dtc_codes.n);
+      read_stamp_from(&in, &t->dtc_codes.st);
+    } else if (strcmp(k, "firmware_version") == 0) {
+      if (sub_find(&in, "value", &v)) t->firmware_version = it_str(&v);
+      read_stamp_from(&in, &t->firmware_st);
+    } else if (strcmp(k, "metrics") == 0) {
+      bson_iter_t m;
+      if (!bson_iter_recurse(&in, &m)) continue;
+      while (bson_iter_next(&m)) {
+        tw_metric_t *mt = tw_twin_metric(t, bson_iter_key(&m));
+        if (sub_find(&m, "value", &v)) mt->val.value = it_dbl(&v);
+        read_stamp_from(&m, &mt->val.st);
+      }
+    }
+  }
+}
+
+static void read_entry(tw_twin_t *t, const bson_iter_t *it) {
+  bson_iter_t in;
+  if (!bson_iter_recurse(it, &in)) return;
+  tw_entry_t *e = tw_twin_timeline_add(t);
+  while (bson_iter_next(&in)) {
+    const char *k = bson_iter_key(&in);
+    if (strcmp(k, "kind") == 0) {
+      char *s = it_str(&in);
+      for (int i = 1; s && tw_lifecycle_kind_name(i); i++)
+        if (strcmp(s, tw_lifecycle_kind_name(i)) == 0) e->kind = i;
+      free(s);
+    } else if (strcmp(k, "event_time_ms") == 0) e->event_time_ms = it_i64(&in);
+    else if (strcmp(k, "source") == 0) e->source = it_str(&in);
+    else if (strcmp(k, "seq") == 0) e->seq = (uint64_t)it_i64(&in);
+    else if (strcmp(k, "status") == 0) {
+      char *s = it_str(&in);
+      e->rejected = s && strcmp(s, "rejected") == 0;
+      free(s);
+    } else if (strcmp(k, "reason") == 0) e->reason = it_str(&in);
+    else if (strcmp(k, "site") == 0) e->site = it_str(&in);
+    else if (strcmp(k, "actor") == 0) e->actor = it_str(&in);
+    else if (strcmp(k, "detail") == 0) e->detail = it_str(&in);
+    else if (strcmp(k, "work_order") == 0) e->work_order = it_str(&in);
+    else if (strcmp(k, "odometer_km") == 0) {
+      e->has_odometer = true;
+      e->odometer_km = it_dbl(&in);
+    } else if (strcmp(k, "parts_replaced") == 0) e->parts = read_strings(&in, &e->n_parts);
+    else if (strcmp(k, "recall_id") == 0) e->recall_id = it_str(&in);
+    else if (strcmp(k, "owner_id") == 0) e->owner_id = it_str(&in);
+    else if (strcmp(k, "model") == 0) e->model = it_str(&in);
+    else if (strcmp(k, "attributes") == 0) {
+      bson_iter_t a;
+      if (!bson_iter_recurse(&in, &a)) continue;
+      while (bson_iter_next(&a)) {
+        e->attrs = tw_xrealloc(e->attrs, (e->n_attrs + 1) * sizeof *e->attrs);
+        e->attrs[e->n_attrs].k = tw_xstrdup(bson_iter_key(&a));
+        char *v = it_str(&a);
+        e->attrs[e->n_attrs++].v = v ? v : tw_xstrdup("");
+      }
+    }
+  }
+  if (!e->source) e->source = tw_xstrdup("");
+}
+
+static void read_source(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
+  bson_iter_t in;
+  char *name = NULL;
+  uint64_t hwm = 0;
+  uint64_t *missing = NULL;
+  uint32_t n_missing = 0;
+  if (!bson_iter_recurse(it, &in)) return;
+  while (bson_iter_next(&in)) {
+    const char *k = bson_iter_key(&in);
+    if (strcmp(k, "name") == 0) {
+      free(name);
+      name = it_str(&in);
+    } else if (strcmp(k, "hwm") == 0) {
+      hwm = (uint64_t)it_i64(&in);
+    } else if (strcmp(k, "missing") == 0 && BSON_ITER_HOLDS_ARRAY(&in)) {
+      bson_iter_t m;
+      bson_iter_recurse(&in, &m);
+      while (bson_iter_next(&m)) {
+        missing = tw_xrealloc(missing, (n_missing + 1) * sizeof *missing);
+        missing[n_missing++] = (uint64_t)it_i64(&m);
+      }
+    }
+  }
+  if (!name) {
+    rd_fail(r, "sources entry without name");
+    free(missing);
+    return;
+  }
+  tw_source_t *s = tw_twin_source(t, name, t->seq_window);
+  uint32_t w = t->seq_window;
+  s->hwm = hwm;
+  /* Every seq in the window that exists (>= 1) was seen, but the missing ones. */
+  uint64_t span = hwm < w ? hwm : w;
+  for (uint64_t j = 0; j < span; j++) s->bits[j / 64] |= UINT64_C(1) << (j % 64);
+  for (uint32_t i = 0; i < n_missing; i++) {
+    uint64_t j = hwm - missing[i];
+    if (missing[i] <= hwm && j < span) s->bits[j / 64] &= ~(UINT64_C(1) << (j % 64));
+  }
+  free(missing);
+  free(name);
+}
+
+tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, size_t err_cap) {
+  bson_iter_t it, in;
+  rd_t r = {err, err_cap, false};
+  if (!bson_iter_init_find(&it, doc, "_id") || !BSON_ITER_HOLDS_UTF8(&it)) {
+    snprintf(err, err_cap, "snapshot has no string _id");
+    return NULL;
+  }
+  tw_twin_t *t = tw_twin_new(bson_iter_utf8(&it, NULL), seq_window);
+  bson_iter_init(&it, doc);
+  while (bson_iter_next(&it)) {
+    const char *k = bson_iter_key(&it);
+    if (strcmp(k, "stage") == 0) {
+      char *s = it_str(&it);
+      if (!s || !tw_stage_parse(s, &t->stage)) rd_fail(&r, "snapshot %s has an unknown stage", t->product_id);
+      free(s);
+    } else if (strcmp(k, "model") == 0) t->model = it_str(&it);
+    else if (strcmp(k, "owner") == 0) t->owner = it_str(&it);
+    else if (strcmp(k, "rev") == 0) t->rev = (uint64_t)it_i64(&it);
+    else if (strcmp(k, "seen") == 0) t->seen = (uint64_t)it_i64(&it);
+    else if (strcmp(k, "quality_hold") == 0) t->quality_hold = BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+    else if (strcmp(k, "telemetry") == 0) read_telemetry(t, &it);
+    else if (strcmp(k, "battery_health") == 0 && bson_iter_recurse(&it, &in)) {
+      while (bson_iter_next(&in)) {
+        const char *b = bson_iter_key(&in);
+        if (strcmp(b, "samples") == 0) t->soh_trend.n = (uint64_t)it_i64(&in);
+        else if (strcmp(b, "t0_ms") == 0) t->soh_trend.t0_ms = it_i64(&in);
+        else if (strcmp(b, "sum_t") == 0) t->soh_trend.st = it_dbl(&in);
+        else if (strcmp(b, "sum_y") == 0) t->soh_trend.sy = it_dbl(&in);
+        else if (strcmp(b, "sum_tt") == 0) t->soh_trend.stt = it_dbl(&in);
+        else if (strcmp(b, "sum_ty") == 0) t->soh_trend.sty = it_dbl(&in);
+      }
+    } else if (strcmp(k, "timeline") == 0 && bson_iter_recurse(&it, &in)) {
+      while (bson_iter_next(&in)) read_entry(t, &in);
+    } else if (strcmp(k, "open_recalls") == 0) {
+      t->open_recalls = read_strings(&it, &t->n_open_recalls);
+    } else if (strcmp(k, "last_service") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &in)) {
+      t->last_service.set = true;
+      while (bson_iter_next(&in)) {
+        const char *b = bson_iter_key(&in);
+        if (strcmp(b, "at_ms") == 0) t->last_service.at_ms = it_i64(&in);
+        else if (strcmp(b, "odometer_km") == 0 && !BSON_ITER_HOLDS_NULL(&in)) {
+          t->last_service.has_odometer = true;
+          t->last_service.odometer_km = it_dbl(&in);
+        } else if (strcmp(b, "work_order") == 0) t->last_service.work_order = it_str(&in);
+        else if (strcmp(b, "site") == 0) t->last_service.site = it_str(&in);
+      }
+    } else if (strcmp(k, "last_brake_service_ms") == 0) t->last_brake_service_ms = it_i64(&it);
+    else if (strcmp(k, "sources") == 0 && bson_iter_recurse(&it, &in)) {
+      while (bson_iter_next(&in)) read_source(t, &in, &r);
+    } else if (strcmp(k, "counters") == 0 && bson_iter_recurse(&it, &in)) {
+      while (bson_iter_next(&in)) {
+        const char *b = bson_iter_key(&in);
+        uint64_t v = (uint64_t)it_i64(&in);
+        if (strcmp(b, "telemetry") == 0) t->counters.telemetry = v;
+        else if (strcmp(b, "lifecycle") == 0) t->counters.lifecycle = v;
+        else if (strcmp(b, "duplicates") == 0) t->counters.duplicates = v;
+        else if (strcmp(b, "too_late") == 0) t->counters.too_late = v;
+        else if (strcmp(b, "rejected") == 0) t->counters.rejected = v;
+        else if (strcmp(b, "stale_fields") == 0) t->counters.stale_fields = v;
+      }
+    } else if (strcmp(k, "offsets") == 0 && bson_iter_recurse(&it, &in)) {
+      while (bson_iter_next(&in)) {
+        if (strcmp(bson_iter_key(&in), "telemetry") == 0) t->offsets[TW_TOPIC_TELEMETRY] = it_i64(&in);
+        if (strcmp(bson_iter_key(&in), "lifecycle") == 0) t->offsets[TW_TOPIC_LIFECYCLE] = it_i64(&in);
+      }
+    }
+  }
+  if (r.failed) {
+    tw_twin_destroy(t);
+    return NULL;
+  }
+  return t;
+}
+
+uint64_t tw_twin_state_hash(const tw_twin_t *t) {
+  bson_t doc = BSON_INITIALIZER;
+  tw_twin_to_bson(t, -1, &doc);
+  const uint8_t *p = bson_get_data(&doc);
+  uint64_t h = UINT64_C(1469598103934665603);
+  for (uint32_t i = 0; i < doc.len; i++) {
+    h ^= p[i];
+    h *= UINT64_C(1099511628211);
+  }
+  bson_destroy(&doc);
+  return h;
+}

@@ -1,0 +1,12 @@
+/* twin_int.h - twin internals shared by the reducer and the BSON codec. */
+#ifndef TWIN_TWIN_INT_H
+#define TWIN_TWIN_INT_H
+
+#include "twin/twin.h"
+
+/* Finds or inserts (sorted) a source / metric / new timeline entry. */
+tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window);
+tw_metric_t *tw_twin_metric(tw_twin_t *t, const char *name);
+tw_entry_t *tw_twin_timeline_add(tw_twin_t *t);
+
+#endif

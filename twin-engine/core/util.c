@@ -1,0 +1,53 @@
+/* util.c - see util.h. */
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void oom(size_t n) {
+  fprintf(stderr, "twin-engine: out of memory allocating %zu bytes\n", n);
+  abort();
+}
+
+void *tw_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) oom(n);
+  return p;
+}
+
+void *tw_xcalloc(size_t n, size_t sz) {
+  void *p = calloc(n ? n : 1, sz ? sz : 1);
+  if (!p) oom(n * sz);
+  return p;
+}
+
+void *tw_xrealloc(void *p, size_t n) {
+  void *q = realloc(p, n ? n : 1);
+  if (!q) oom(n);
+  return q;
+}
+
+char *tw_xstrndup(const char *s, size_t n) {
+  char *p = tw_xmalloc(n + 1);
+  memcpy(p, s, n);
+  p[n] = '\0';
+  return p;
+}
+
+char *tw_xstrdup(const char *s) { return tw_xstrndup(s, strlen(s)); }
+
+char *tw_xstrdup_nonempty(const char *s) { return (s && *s) ? tw_xstrdup(s) : NULL; }
+
+int64_t tw_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t tw_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

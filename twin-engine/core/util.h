@@ -1,0 +1,20 @@
+/* util.h - allocation helpers shared by the core. Allocation failure aborts:
+ * a twin engine that cannot allocate cannot keep its promises, and Kafka
+ * replays from the last checkpoint after the restart. */
+#ifndef TWIN_UTIL_H
+#define TWIN_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void *tw_xmalloc(size_t n);
+void *tw_xcalloc(size_t n, size_t sz);
+void *tw_xrealloc(void *p, size_t n);
+char *tw_xstrdup(const char *s);
+char *tw_xstrndup(const char *s, size_t n);
+/* NULL or "" -> NULL, else a copy. */
+char *tw_xstrdup_nonempty(const char *s);
+int64_t tw_now_ms(void);
+int64_t tw_mono_ms(void);
+
+#endif

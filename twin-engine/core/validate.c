@@ -1,0 +1,126 @@
+/* validate.c - what an envelope must satisfy before the reducer sees it.
+ *
+ * Everything rejected here goes to the dead-letter topic with the reason
+ * written into err; nothing here allocates or keeps state. The rules keep
+ * the snapshot document storable (valid UTF-8, field names MongoDB accepts,
+ * finite numbers) and the reducer's assumptions true (a payload, seq >= 1). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "twin/twin.h"
+
+#define LIST_MAX 1024
+#define TEXT_MAX 4096
+
+static bool fail(char *err, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, cap, fmt, ap);
+  va_end(ap);
+  return false;
+}
+
+static bool utf8_ok(const char *s, size_t max) {
+  size_t n = strlen(s);
+  return n <= max && bson_utf8_validate(s, n, false);
+}
+
+/* A name used as a document field name: metric names, attribute keys. */
+static bool name_ok(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > TW_NAME_MAX || s[0] == '$' || strchr(s, '.')) return false;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] < 0x20) return false;
+  return bson_utf8_validate(s, n, false);
+}
+
+static bool text_field(const char *what, const char *s, char *err, size_t cap) {
+  if (!utf8_ok(s, TEXT_MAX)) return fail(err, cap, "%s is not valid UTF-8 of at most %d bytes", what, TEXT_MAX);
+  return true;
+}
+
+#define FINITE(name, v)                                                                                  \
+  do {                                                                                                   \
+    if (!isfinite(v)) return fail(err, cap, "telemetry.%s is not a finite number", name);               \
+  } while (0)
+
+static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
+  if (t->_odometer_km_case) FINITE("odometer_km", t->odometer_km);
+  if (t->_speed_kph_case) FINITE("speed_kph", t->speed_kph);
+  if (t->_battery_soc_pct_case) FINITE("battery_soc_pct", t->battery_soc_pct);
+  if (t->_battery_soh_pct_case) FINITE("battery_soh_pct", t->battery_soh_pct);
+  if (t->_battery_temp_c_case) FINITE("battery_temp_c", t->battery_temp_c);
+  if (t->_latitude_case) FINITE("latitude", t->latitude);
+  if (t->_longitude_case) FINITE("longitude", t->longitude);
+  if (t->_fuel_level_pct_case) FINITE("fuel_level_pct", t->fuel_level_pct);
+  if (t->_aux_battery_v_case) FINITE("aux_battery_v", t->aux_battery_v);
+  if (t->_ambient_temp_c_case) FINITE("ambient_temp_c", t->ambient_temp_c);
+  if (t->_range_km_case) FINITE("range_km", t->range_km);
+  if (t->n_tire_pressure_kpa > 64 || t->n_brake_pad_mm > 64)
+    return fail(err, cap, "telemetry has more than 64 wheel values");
+  for (size_t i = 0; i < t->n_tire_pressure_kpa; i++) FINITE("tire_pressure_kpa", t->tire_pressure_kpa[i]);
+  for (size_t i = 0; i < t->n_brake_pad_mm; i++) FINITE("brake_pad_mm", t->brake_pad_mm[i]);
+  if (t->n_dtc_codes > LIST_MAX) return fail(err, cap, "telemetry has more than %d dtc_codes", LIST_MAX);
+  for (size_t i = 0; i < t->n_dtc_codes; i++)
+    if (!utf8_ok(t->dtc_codes[i], TW_NAME_MAX) || !t->dtc_codes[i][0])
+      return fail(err, cap, "telemetry.dtc_codes[%zu] is empty, too long or not UTF-8", i);
+  if (t->_firmware_version_case && !text_field("telemetry.firmware_version", t->firmware_version, err, cap))
+    return false;
+  if (t->n_metrics > LIST_MAX) return fail(err, cap, "telemetry has more than %d metrics", LIST_MAX);
+  for (size_t i = 0; i < t->n_metrics; i++) {
+    const char *k = t->metrics[i]->key;
+    if (!name_ok(k))
+      return fail(err, cap,
+                  "telemetry metric name %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
+                  i, TW_NAME_MAX);
+    if (!isfinite(t->metrics[i]->value)) return fail(err, cap, "telemetry metric '%s' is not a finite number", k);
+  }
+  return true;
+}
+
+static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, char *err, size_t cap) {
+  if (!tw_lifecycle_kind_name((int)l->kind))
+    return fail(err, cap, "lifecycle.kind %d is not a known LifecycleKind", (int)l->kind);
+  if (!text_field("lifecycle.site", l->site, err, cap) || !text_field("lifecycle.actor", l->actor, err, cap) ||
+      !text_field("lifecycle.detail", l->detail, err, cap) ||
+      !text_field("lifecycle.work_order", l->work_order, err, cap) ||
+      !text_field("lifecycle.recall_id", l->recall_id, err, cap) ||
+      !text_field("lifecycle.owner_id", l->owner_id, err, cap) || !text_field("lifecycle.model", l->model, err, cap))
+    return false;
+  if (l->_odometer_km_case && !isfinite(l->odometer_km))
+    return fail(err, cap, "lifecycle.odometer_km is not a finite number");
+  if (l->n_parts_replaced > LIST_MAX) return fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
+  for (size_t i = 0; i < l->n_parts_replaced; i++)
+    if (!text_field("lifecycle.parts_replaced", l->parts_replaced[i], err, cap)) return false;
+  if (l->n_attributes > LIST_MAX) return fail(err, cap, "lifecycle has more than %d attributes", LIST_MAX);
+  for (size_t i = 0; i < l->n_attributes; i++) {
+    if (!name_ok(l->attributes[i]->key))
+      return fail(err, cap,
+                  "lifecycle attribute key %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
+                  i, TW_NAME_MAX);
+    if (!text_field("lifecycle attribute value", l->attributes[i]->value, err, cap)) return false;
+  }
+  return true;
+}
+
+bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t key_len, char *err,
+                          size_t cap) {
+  size_t idn = strlen(env->product_id);
+  if (idn == 0) return fail(err, cap, "product_id is empty");
+  if (idn > TW_PRODUCT_ID_MAX) return fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
+  if (!bson_utf8_validate(env->product_id, idn, false)) return fail(err, cap, "product_id is not valid UTF-8");
+  for (size_t i = 0; i < idn; i++)
+    if ((unsigned char)env->product_id[i] < 0x20) return fail(err, cap, "product_id contains control characters");
+  if (key && (key_len != idn || memcmp(key, env->product_id, idn) != 0))
+    return fail(err, cap, "message key does not equal product_id");
+  if (!key) return fail(err, cap, "message has no key (the key must equal product_id)");
+  if (!name_ok(env->source)) return fail(err, cap, "source is empty, too long, not UTF-8 or contains '.'");
+  if (env->seq == 0) return fail(err, cap, "seq must be at least 1");
+  switch (env->payload_case) {
+  case TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY: return telemetry_ok(env->telemetry, err, cap);
+  case TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE: return lifecycle_ok(env->lifecycle, err, cap);
+  default: return fail(err, cap, "envelope has no payload (neither telemetry nor lifecycle)");
+  }
+}

@@ -1,0 +1,879 @@
+/* engine.c - Kafka consumer group -> shard threads -> MongoDB.
+ *
+ * Threads:
+ *  - the main thread runs the consumer's rebalance callback and polls the
+ *    DLQ producer; it never touches a twin;
+ *  - shard k owns every input partition p with p mod shards == k: librdkafka
+ *    forwards those partitions' fetch queues straight into the shard's
+ *    queue (no dispatcher copies messages), and only shard k's thread reads
+ *    or writes those twins.
+ *
+ * Durability order, per shard: twins applied in memory -> snapshots
+ * acknowledged by MongoDB -> DLQ messages acknowledged by Kafka -> the
+ * partitions' next offsets written to `checkpoints` -> offsets committed to
+ * Kafka. A restart resumes from `checkpoints`; messages at or below the
+ * offsets a twin already incorporated are skipped, so after kill -9 the
+ * stored state converges to what an uninterrupted run gives. */
+#include "engine.h"
+
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "map.h"
+#include "store.h"
+#include "twin/log.h"
+#include "twin/twin.h"
+#include "util.h"
+
+#define BATCH_MAX 2048
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+static volatile sig_atomic_t g_stop = 0;
+static volatile sig_atomic_t g_abort = 0;
+
+void tw_engine_request_stop(void) {
+  if (g_stop) g_abort = 1;
+  g_stop = 1;
+}
+
+/* ---- Types ----------------------------------------------------------------- */
+
+typedef struct {
+  int topic_idx; /* TW_TOPIC_TELEMETRY / TW_TOPIC_LIFECYCLE */
+  int32_t partition;
+  bool owned;
+  int64_t next; /* next offset to process (-1 = nothing processed yet) */
+  int64_t ckpt; /* next offset last checkpointed */
+} part_t;
+
+typedef enum { CMD_ASSIGN, CMD_REVOKE } cmd_kind_t;
+
+typedef struct cmd {
+  cmd_kind_t kind;
+  int topic_idx;
+  int32_t partition;
+  int64_t offset; /* CMD_ASSIGN: where consumption starts (checkpoint) */
+  struct cmd *next;
+} cmd_t;
+
+typedef struct engine engine_t;
+
+typedef struct {
+  _Atomic uint64_t consumed, applied, stale, duplicate, too_late, rejected, replayed, dlq, flushes, flushed_twins;
+} stats_t;
+
+typedef struct {
+  int id;
+  engine_t *e;
+  pthread_t thread;
+  rd_kafka_queue_t *q;
+  tw_store_t *store;
+  tw_map_t twins;
+  tw_twin_t **dirty;
+  size_t n_dirty, cap_dirty;
+  part_t *parts;
+  size_t n_parts;
+  int64_t last_flush_ms;
+  bool outage;           /* MongoDB or Kafka unavailable: partitions paused */
+  int64_t outage_since;
+  bool dlq_pending;      /* DLQ messages produced since the last flush */
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  cmd_t *cmds; /* pending, FIFO */
+  uint64_t cmd_seq, cmd_done;
+
+  stats_t st;
+} shard_t;
+
+struct engine {
+  const tw_config_t *cfg;
+  const char *group;
+  const char *topics[2];
+  rd_kafka_t *consumer, *producer;
+  tw_store_t *store; /* main thread's */
+  shard_t *shards;
+  int n_shards;
+  int32_t n_partitions;
+  _Atomic uint64_t dlq_failed;
+  _Atomic bool shards_exit;
+};
+
+/* ---- Small helpers --------------------------------------------------------- */
+
+static void sleep_ms(int64_t ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+static int topic_index(const engine_t *e, const char *topic) {
+  if (strcmp(topic, e->topics[TW_TOPIC_TELEMETRY]) == 0) return TW_TOPIC_TELEMETRY;
+  if (strcmp(topic, e->topics[TW_TOPIC_LIFECYCLE]) == 0) return TW_TOPIC_LIFECYCLE;
+  return -1;
+}
+
+static part_t *shard_part(shard_t *s, int topic_idx, int32_t partition, bool create) {
+  for (size_t i = 0; i < s->n_parts; i++)
+    if (s->parts[i].topic_idx == topic_idx && s->parts[i].partition == partition) return &s->parts[i];
+  if (!create) return NULL;
+  s->parts = tw_xrealloc(s->parts, (s->n_parts + 1) * sizeof *s->parts);
+  part_t *p = &s->parts[s->n_parts++];
+  *p = (part_t){.topic_idx = topic_idx, .partition = partition, .owned = false, .next = -1, .ckpt = -1};
+  return p;
+}
+
+static void mark_dirty(shard_t *s, tw_twin_t *t) {
+  if (t->dirty) return;
+  t->dirty = true;
+  if (s->n_dirty == s->cap_dirty) {
+    s->cap_dirty = s->cap_dirty ? s->cap_dirty * 2 : 1024;
+    s->dirty = tw_xrealloc(s->dirty, s->cap_dirty * sizeof *s->dirty);
+  }
+  s->dirty[s->n_dirty++] = t;
+}
+
+/* ---- Kafka configuration --------------------------------------------------- */
+
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+  (void)rk;
+  tw_log_level_t l = level <= 3 ? TW_LOG_ERROR : level <= 4 ? TW_LOG_WARN : level <= 6 ? TW_LOG_INFO : TW_LOG_DEBUG;
+  char comp[64];
+  snprintf(comp, sizeof comp, "kafka.%s", fac);
+  TW_LOG(l, comp, "%s", buf);
+}
+
+static bool kconf_set(rd_kafka_conf_t *kc, const char *k, const char *v, const char *origin) {
+  char err[512];
+  if (rd_kafka_conf_set(kc, k, v, err, sizeof err) != RD_KAFKA_CONF_OK) {
+    TW_ERROR("config", "%s kafka.%s: %s", origin, k, err);
+    return false;
+  }
+  return true;
+}
+
+/* Builds a librdkafka config: the engine's fixed settings, then the user's
+ * kafka.* passthrough, which may not override what correctness needs. */
+static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
+  rd_kafka_conf_t *kc = rd_kafka_conf_new();
+  rd_kafka_conf_set_log_cb(kc, kafka_log_cb);
+  bool ok = true;
+  for (size_t i = 0; i < cfg->n_kafka && ok; i++) {
+    const char *k = cfg->kafka[i].key;
+    /* Consumer-only keys must not reach the producer and vice versa; both
+     * clients accept the common ones (brokers, TLS, SASL). */
+    if (!consumer && (strcmp(k, "group.id") == 0 || strncmp(k, "auto.", 5) == 0 ||
+                      strcmp(k, "partition.assignment.strategy") == 0 || strncmp(k, "session.", 8) == 0 ||
+                      strncmp(k, "heartbeat.", 10) == 0 || strncmp(k, "max.poll", 8) == 0 ||
+                      strncmp(k, "fetch.", 6) == 0 || strncmp(k, "queued.", 7) == 0 ||
+                      strcmp(k, "enable.auto.commit") == 0 || strcmp(k, "isolation.level") == 0))
+      continue;
+    ok = kconf_set(kc, k, cfg->kafka[i].value, "config");
+  }
+  if (ok && consumer) {
+    ok = kconf_set(kc, "enable.auto.commit", "false", "engine") &&
+         kconf_set(kc, "enable.auto.offset.store", "false", "engine") &&
+         kconf_set(kc, "enable.partition.eof", "false", "engine");
+    if (ok && !tw_config_kafka(cfg, "partition.assignment.strategy"))
+      ok = kconf_set(kc, "partition.assignment.strategy", "cooperative-sticky", "engine");
+    if (ok && !tw_config_kafka(cfg, "auto.offset.reset"))
+      ok = kconf_set(kc, "auto.offset.reset", "earliest", "engine");
+    if (ok && !tw_config_kafka(cfg, "queued.max.messages.kbytes"))
+      ok = kconf_set(kc, "queued.max.messages.kbytes", "16384", "engine");
+  } else if (ok) {
+    ok = kconf_set(kc, "enable.idempotence", "true", "engine") &&
+         kconf_set(kc, "message.timeout.ms", "0", "engine"); /* DLQ messages never expire */
+    if (ok && !tw_config_kafka(cfg, "linger.ms")) ok = kconf_set(kc, "linger.ms", "20", "engine");
+  }
+  if (!ok) {
+    rd_kafka_conf_destroy(kc);
+    return NULL;
+  }
+  return kc;
+}
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+  (void)rk;
+  engine_t *e = opaque;
+  if (m->err) {
+    atomic_fetch_add(&e->dlq_failed, 1);
+    TW_ERROR("dlq", "dead-letter delivery failed: %s", rd_kafka_err2str(m->err));
+  }
+}
+
+/* ---- Dead-letter topic ----------------------------------------------------- */
+
+static void dlq_send(shard_t *s, const rd_kafka_message_t *m, const char *reason) {
+  engine_t *e = s->e;
+  char part[16], off[24];
+  snprintf(part, sizeof part, "%d", m->partition);
+  snprintf(off, sizeof off, "%lld", (long long)m->offset);
+  rd_kafka_headers_t *h = NULL;
+  rd_kafka_headers_t *orig = NULL;
+  if (rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig)
+    h = rd_kafka_headers_copy(orig);
+  else
+    h = rd_kafka_headers_new(4);
+  const char *topic = rd_kafka_topic_name(m->rkt);
+  rd_kafka_header_add(h, "twin.error", -1, reason, -1);
+  rd_kafka_header_add(h, "twin.origin.topic", -1, topic, -1);
+  rd_kafka_header_add(h, "twin.origin.partition", -1, part, -1);
+  rd_kafka_header_add(h, "twin.origin.offset", -1, off, -1);
+  for (;;) {
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        e->producer, RD_KAFKA_V_TOPIC(e->cfg->topic_dlq), RD_KAFKA_V_KEY(m->key, m->key_len),
+        RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_END);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !g_abort) {
+      sleep_ms(10);
+      continue;
+    }
+    TW_ERROR("dlq", "cannot produce to %s: %s (origin %s/%d@%lld)", e->cfg->topic_dlq, rd_kafka_err2str(err),
+             topic, m->partition, (long long)m->offset);
+    rd_kafka_headers_destroy(h);
+    break;
+  }
+  s->dlq_pending = true;
+  atomic_fetch_add(&s->st.dlq, 1);
+  TW_DEBUG("dlq", "%s/%d@%lld -> %s: %s", topic, m->partition, (long long)m->offset, e->cfg->topic_dlq, reason);
+}
+
+/* ---- Outage handling ------------------------------------------------------- */
+
+static void set_paused(shard_t *s, bool pause) {
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts);
+  for (size_t i = 0; i < s->n_parts; i++)
+    if (s->parts[i].owned) rd_kafka_topic_partition_list_add(l, s->e->topics[s->parts[i].topic_idx], s->parts[i].partition);
+  if (l->cnt) {
+    if (pause)
+      rd_kafka_pause_partitions(s->e->consumer, l);
+    else
+      rd_kafka_resume_partitions(s->e->consumer, l);
+  }
+  rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void outage_begin(shard_t *s, const char *what, const char *why) {
+  if (s->outage) return;
+  s->outage = true;
+  s->outage_since = tw_mono_ms();
+  TW_WARN("shard", "shard %d: %s unavailable (%s); pausing its partitions and retrying", s->id, what, why);
+  set_paused(s, true);
+}
+
+static void outage_end(shard_t *s) {
+  if (!s->outage) return;
+  s->outage = false;
+  TW_INFO("shard", "shard %d: available again after %.1f s; resuming", s->id,
+          (double)(tw_mono_ms() - s->outage_since) / 1000.0);
+  set_paused(s, false);
+}
+
+/* ---- Flush: snapshots, then DLQ, then checkpoints, then Kafka commit ------- */
+
+static bool flush(shard_t *s) {
+  engine_t *e = s->e;
+  bson_error_t err;
+  int64_t t0 = tw_mono_ms();
+  size_t n = s->n_dirty;
+  if (n) {
+    size_t stale = 0;
+    if (!tw_store_write_twins(s->store, s->dirty, n, tw_now_ms(), &stale, &err)) {
+      outage_begin(s, "MongoDB", err.message);
+      return false;
+    }
+    if (stale) TW_DEBUG("shard", "shard %d: %zu snapshots already newer in MongoDB", s->id, stale);
+    for (size_t i = 0; i < n; i++) s->dirty[i]->dirty = false;
+    s->n_dirty = 0;
+  }
+  if (s->dlq_pending) {
+    rd_kafka_resp_err_t ferr = rd_kafka_flush(e->producer, 10000);
+    if (ferr) {
+      outage_begin(s, "Kafka (dead-letter producer)", rd_kafka_err2str(ferr));
+      return false;
+    }
+    s->dlq_pending = false;
+  }
+  tw_checkpoint_t cps[64];
+  size_t nc = 0;
+  rd_kafka_topic_partition_list_t *commit = rd_kafka_topic_partition_list_new(4);
+  for (size_t i = 0; i < s->n_parts; i++) {
+    part_t *p = &s->parts[i];
+    if (p->next < 0 || p->next <= p->ckpt) continue;
+    cps[nc++] = (tw_checkpoint_t){e->topics[p->topic_idx], p->partition, p->next};
+    if (p->owned) rd_kafka_topic_partition_list_add(commit, e->topics[p->topic_idx], p->partition)->offset = p->next;
+    if (nc == 64 || i + 1 == s->n_parts) {
+      if (!tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), &err)) {
+        rd_kafka_topic_partition_list_destroy(commit);
+        outage_begin(s, "MongoDB", err.message);
+        return false;
+      }
+      nc = 0;
+    }
+  }
+  if (nc && !tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), &err)) {
+    rd_kafka_topic_partition_list_destroy(commit);
+    outage_begin(s, "MongoDB", err.message);
+    return false;
+  }
+  for (size_t i = 0; i < s->n_parts; i++)
+    if (s->parts[i].next > s->parts[i].ckpt) s->parts[i].ckpt = s->parts[i].next;
+  /* Kafka's committed offsets trail the checkpoints; they serve lag tools. */
+  if (commit->cnt) rd_kafka_commit(e->consumer, commit, 1);
+  rd_kafka_topic_partition_list_destroy(commit);
+  s->last_flush_ms = tw_mono_ms();
+  if (n) {
+    atomic_fetch_add(&s->st.flushes, 1);
+    atomic_fetch_add(&s->st.flushed_twins, n);
+    TW_DEBUG("shard", "shard %d: flushed %zu twins in %lld ms", s->id, n, (long long)(tw_mono_ms() - t0));
+  }
+  outage_end(s);
+  return true;
+}
+
+/* Retries flush with backoff until it succeeds or the engine gives up. */
+static bool flush_until_done(shard_t *s) {
+  int64_t backoff = BACKOFF_MIN_MS;
+  while (!flush(s)) {
+    if (g_abort) return false;
+    sleep_ms(backoff);
+    backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+  }
+  return true;
+}
+
+/* ---- Commands from the rebalance callback ---------------------------------- */
+
+static void drop_partition_twins(shard_t *s, int32_t partition) {
+  tw_map_t *m = &s->twins;
+  /* Collect first: deleting while scanning would shift entries under us. */
+  tw_twin_t **victims = NULL;
+  size_t nv = 0;
+  for (size_t i = 0; i < m->cap; i++) {
+    if (m->slots[i] && m->slots[i]->partition == partition) {
+      victims = tw_xrealloc(victims, (nv + 1) * sizeof *victims);
+      victims[nv++] = m->slots[i];
+    }
+  }
+  for (size_t i = 0; i < nv; i++) {
+    tw_map_del(m, victims[i]->product_id);
+    tw_twin_destroy(victims[i]);
+  }
+  free(victims);
+}
+
+static void run_commands(shard_t *s) {
+  pthread_mutex_lock(&s->mu);
+  cmd_t *c = s->cmds;
+  s->cmds = NULL;
+  uint64_t upto = s->cmd_seq;
+  pthread_mutex_unlock(&s->mu);
+  if (!c) return;
+
+  bool revoked = false;
+  for (cmd_t *i = c; i; i = i->next) {
+    part_t *p = shard_part(s, i->topic_idx, i->partition, true);
+    if (i->kind == CMD_ASSIGN) {
+      p->owned = true;
+      p->next = i->offset >= 0 ? i->offset : -1;
+      p->ckpt = p->next;
+    } else {
+      p->owned = false;
+      revoked = true;
+    }
+  }
+  if (revoked) {
+    /* Everything applied so far becomes durable and checkpointed before the
+     * partitions go to their next owner. */
+    flush_until_done(s);
+    for (cmd_t *i = c; i; i = i->next) {
+      if (i->kind != CMD_REVOKE) continue;
+      part_t *other = shard_part(s, 1 - i->topic_idx, i->partition, false);
+      if (!other || !other->owned) drop_partition_twins(s, i->partition);
+    }
+  }
+  while (c) {
+    cmd_t *n = c->next;
+    free(c);
+    c = n;
+  }
+  pthread_mutex_lock(&s->mu);
+  s->cmd_done = upto;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Called by the main thread; returns the sequence number to wait for. */
+static uint64_t shard_send(shard_t *s, cmd_kind_t kind, int topic_idx, int32_t partition, int64_t offset) {
+  cmd_t *c = tw_xcalloc(1, sizeof *c);
+  *c = (cmd_t){kind, topic_idx, partition, offset, NULL};
+  pthread_mutex_lock(&s->mu);
+  cmd_t **tail = &s->cmds;
+  while (*tail) tail = &(*tail)->next;
+  *tail = c;
+  uint64_t seq = ++s->cmd_seq;
+  pthread_mutex_unlock(&s->mu);
+  rd_kafka_queue_yield(s->q);
+  return seq;
+}
+
+static void shard_wait(shard_t *s, uint64_t seq) {
+  pthread_mutex_lock(&s->mu);
+  while (s->cmd_done < seq) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 100000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    if (s->cmd_done < seq) rd_kafka_queue_yield(s->q);
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- Applying a batch ------------------------------------------------------ */
+
+typedef struct {
+  rd_kafka_message_t *m;
+  Twin__V1__Envelope *env;
+  part_t *part;
+} pending_t;
+
+static void load_cb(void *ud, const bson_t *doc) {
+  shard_t *s = ud;
+  char err[256];
+  tw_twin_t *t = tw_twin_from_bson(doc, (uint32_t)s->e->cfg->seq_window, err, sizeof err);
+  if (!t) {
+    TW_ERROR("shard", "shard %d: cannot read stored snapshot: %s", s->id, err);
+    return;
+  }
+  if (tw_map_get(&s->twins, t->product_id)) {
+    tw_twin_destroy(t);
+    return;
+  }
+  tw_map_put(&s->twins, t);
+}
+
+static int cmp_cstr(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* Makes sure every product in the batch has its twin in memory: stored ones
+ * are loaded in batches of load.batch, the rest start empty. */
+static void ensure_twins(shard_t *s, pending_t *pend, size_t n) {
+  const char **ids = tw_xmalloc((n ? n : 1) * sizeof *ids);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!tw_map_get(&s->twins, pend[i].env->product_id)) ids[k++] = pend[i].env->product_id;
+  if (k) {
+    qsort(ids, k, sizeof *ids, cmp_cstr);
+    size_t u = 0;
+    for (size_t i = 0; i < k; i++)
+      if (u == 0 || strcmp(ids[u - 1], ids[i]) != 0) ids[u++] = ids[i];
+    k = u;
+    size_t chunk = (size_t)s->e->cfg->load_batch;
+    for (size_t off = 0; off < k; off += chunk) {
+      size_t m = k - off < chunk ? k - off : chunk;
+      bson_error_t err;
+      int64_t backoff = BACKOFF_MIN_MS;
+      while (!tw_store_load(s->store, ids + off, m, load_cb, s, &err)) {
+        outage_begin(s, "MongoDB", err.message);
+        if (g_abort) break;
+        sleep_ms(backoff);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+      }
+    }
+    for (size_t i = 0; i < k; i++)
+      if (!tw_map_get(&s->twins, ids[i])) tw_map_put(&s->twins, tw_twin_new(ids[i], (uint32_t)s->e->cfg->seq_window));
+  }
+  free(ids);
+}
+
+static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
+  engine_t *e = s->e;
+  pending_t *pend = tw_xmalloc((n ? n : 1) * sizeof *pend);
+  size_t np = 0;
+  char reason[512];
+
+  for (size_t i = 0; i < n; i++) {
+    rd_kafka_message_t *m = msgs[i];
+    if (m->err) {
+      if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        TW_WARN("shard", "shard %d: consume error: %s", s->id, rd_kafka_message_errstr(m));
+      rd_kafka_message_destroy(m);
+      continue;
+    }
+    int ti = topic_index(e, rd_kafka_topic_name(m->rkt));
+    part_t *p = ti < 0 ? NULL : shard_part(s, ti, m->partition, false);
+    if (!p || !p->owned) { /* revoked meanwhile: the next owner reads it */
+      rd_kafka_message_destroy(m);
+      continue;
+    }
+    atomic_fetch_add(&s->st.consumed, 1);
+    p->next = m->offset + 1;
+    Twin__V1__Envelope *env = NULL;
+    if (m->len > (size_t)e->cfg->message_max_bytes) {
+      snprintf(reason, sizeof reason, "message is %zu bytes, more than message.max.bytes (%lld)", m->len,
+               (long long)e->cfg->message_max_bytes);
+    } else if (!(env = twin__v1__envelope__unpack(NULL, m->len, m->payload))) {
+      snprintf(reason, sizeof reason, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", m->len);
+    } else if (!tw_envelope_validate(env, m->key, m->key_len, reason, sizeof reason)) {
+      twin__v1__envelope__free_unpacked(env, NULL);
+      env = NULL;
+    }
+    if (!env) {
+      dlq_send(s, m, reason);
+      rd_kafka_message_destroy(m);
+      continue;
+    }
+    pend[np++] = (pending_t){m, env, p};
+  }
+
+  ensure_twins(s, pend, np);
+
+  for (size_t i = 0; i < np; i++) {
+    pending_t *pd = &pend[i];
+    tw_twin_t *t = tw_map_get(&s->twins, pd->env->product_id);
+    int ti = pd->part->topic_idx;
+    t->partition = pd->m->partition;
+    if (pd->m->offset <= t->offsets[ti]) {
+      atomic_fetch_add(&s->st.replayed, 1); /* already in the stored snapshot */
+    } else {
+      const char *why = NULL;
+      tw_outcome_t o = tw_reduce(t, pd->env, &why);
+      t->offsets[ti] = pd->m->offset;
+      mark_dirty(s, t);
+      switch (o) {
+      case TW_OUT_APPLIED: atomic_fetch_add(&s->st.applied, 1); break;
+      case TW_OUT_STALE: atomic_fetch_add(&s->st.stale, 1); break;
+      case TW_OUT_DUPLICATE: atomic_fetch_add(&s->st.duplicate, 1); break;
+      case TW_OUT_TOO_LATE:
+        atomic_fetch_add(&s->st.too_late, 1);
+        TW_DEBUG("reducer", "%s: seq %llu from %s is older than the window: counted, not applied", t->product_id,
+                 (unsigned long long)pd->env->seq, pd->env->source);
+        break;
+      case TW_OUT_REJECTED:
+        atomic_fetch_add(&s->st.rejected, 1);
+        TW_DEBUG("reducer", "%s: %s rejected: %s", t->product_id, tw_lifecycle_kind_name((int)pd->env->lifecycle->kind),
+                 why);
+        break;
+      default: break;
+      }
+    }
+    twin__v1__envelope__free_unpacked(pd->env, NULL);
+    rd_kafka_message_destroy(pd->m);
+  }
+  free(pend);
+}
+
+/* ---- Shard thread ---------------------------------------------------------- */
+
+static void *shard_main(void *arg) {
+  shard_t *s = arg;
+  engine_t *e = s->e;
+  rd_kafka_message_t *msgs[BATCH_MAX];
+  int64_t backoff = BACKOFF_MIN_MS;
+  s->last_flush_ms = tw_mono_ms();
+
+  while (!atomic_load(&e->shards_exit)) {
+    run_commands(s);
+    if (s->outage) {
+      /* Paused: retry the flush (which also proves MongoDB is back). */
+      if (flush(s)) {
+        backoff = BACKOFF_MIN_MS;
+      } else {
+        sleep_ms(backoff);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+      }
+      continue;
+    }
+    ssize_t n = rd_kafka_consume_batch_queue(s->q, 100, msgs, BATCH_MAX);
+    if (n < 0) {
+      TW_ERROR("shard", "shard %d: consume failed: %s", s->id, rd_kafka_err2str(rd_kafka_last_error()));
+      sleep_ms(100);
+      continue;
+    }
+    if (n > 0) {
+      run_commands(s); /* an assignment queued just before these messages */
+      process_batch(s, msgs, (size_t)n);
+    }
+    if ((int64_t)s->n_dirty >= e->cfg->snapshot_max_dirty ||
+        tw_mono_ms() - s->last_flush_ms >= e->cfg->snapshot_interval_ms)
+      flush(s);
+  }
+  flush_until_done(s);
+  return NULL;
+}
+
+/* ---- Rebalance ------------------------------------------------------------- */
+
+static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
+  for (int i = 0; i < parts->cnt; i++) {
+    rd_kafka_topic_partition_t *tp = &parts->elems[i];
+    int ti = topic_index(e, tp->topic);
+    int64_t off = -1;
+    bson_error_t err;
+    int64_t backoff = BACKOFF_MIN_MS;
+    bool warned = false;
+    while (!tw_store_read_checkpoint(e->store, e->group, tp->topic, tp->partition, &off, &err)) {
+      if (!warned) TW_WARN("engine", "cannot read checkpoints (%s); retrying", err.message);
+      warned = true;
+      if (g_abort) break;
+      sleep_ms(backoff);
+      backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    /* The checkpoint is the truth; without one, the partition is new to
+     * this store and is read from its beginning. */
+    tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
+    shard_t *s = &e->shards[tp->partition % e->n_shards];
+    shard_send(s, CMD_ASSIGN, ti, tp->partition, off);
+    rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(e->consumer, tp->topic, tp->partition);
+    if (pq) {
+      rd_kafka_queue_forward(pq, s->q);
+      rd_kafka_queue_destroy(pq);
+    }
+    TW_INFO("engine", "assigned %s[%d] to shard %d from offset %lld%s", tp->topic, tp->partition, s->id,
+            (long long)(off >= 0 ? off : 0), off >= 0 ? " (checkpoint)" : " (no checkpoint: beginning)");
+  }
+  rd_kafka_error_t *err = rd_kafka_incremental_assign(e->consumer, parts);
+  if (err) {
+    TW_ERROR("engine", "incremental assign failed: %s", rd_kafka_error_string(err));
+    rd_kafka_error_destroy(err);
+  }
+}
+
+static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool lost) {
+  uint64_t *wait = tw_xcalloc((size_t)e->n_shards, sizeof *wait);
+  for (int i = 0; i < parts->cnt; i++) {
+    rd_kafka_topic_partition_t *tp = &parts->elems[i];
+    int ti = topic_index(e, tp->topic);
+    shard_t *s = &e->shards[tp->partition % e->n_shards];
+    wait[s->id] = shard_send(s, CMD_REVOKE, ti, tp->partition, -1);
+  }
+  for (int k = 0; k < e->n_shards; k++)
+    if (wait[k]) shard_wait(&e->shards[k], wait[k]);
+  free(wait);
+  TW_INFO("engine", "%s %d partitions (flushed and checkpointed)", lost ? "lost" : "revoked", parts->cnt);
+  rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
+  if (err) {
+    TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
+    rd_kafka_error_destroy(err);
+  }
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
+                         void *opaque) {
+  engine_t *e = opaque;
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+    on_assign(e, parts);
+  else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+    on_revoke(e, parts, rd_kafka_assignment_lost(rk));
+  else
+    TW_ERROR("engine", "rebalance error: %s", rd_kafka_err2str(err));
+}
+
+/* ---- Start-up checks ------------------------------------------------------- */
+
+static bool check_topics(engine_t *e) {
+  const struct rd_kafka_metadata *md = NULL;
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+  for (int attempt = 0; attempt < 3; attempt++) {
+    err = rd_kafka_metadata(e->consumer, 1, NULL, &md, 10000);
+    if (!err) break;
+  }
+  if (err) {
+    TW_ERROR("engine", "cannot read Kafka metadata from %s: %s", tw_config_kafka(e->cfg, "bootstrap.servers"),
+             rd_kafka_err2str(err));
+    return false;
+  }
+  int counts[2] = {-1, -1};
+  bool dlq = false;
+  for (int i = 0; i < md->topic_cnt; i++) {
+    int ti = topic_index(e, md->topics[i].topic);
+    if (ti >= 0 && !md->topics[i].err) counts[ti] = md->topics[i].partition_cnt;
+    if (strcmp(md->topics[i].topic, e->cfg->topic_dlq) == 0) dlq = true;
+  }
+  rd_kafka_metadata_destroy(md);
+  for (int ti = 0; ti < 2; ti++) {
+    if (counts[ti] < 0) {
+      TW_ERROR("engine", "topic %s does not exist (create it, e.g. with deploy/local/stack.sh up)", e->topics[ti]);
+      return false;
+    }
+  }
+  if (counts[0] != counts[1]) {
+    TW_ERROR("engine",
+             "topics are not co-partitioned: %s has %d partitions, %s has %d; a product's events must land in the "
+             "same partition number of both, so give them the same count",
+             e->topics[0], counts[0], e->topics[1], counts[1]);
+    return false;
+  }
+  if (!dlq) TW_WARN("engine", "dead-letter topic %s does not exist; bad messages cannot be kept", e->cfg->topic_dlq);
+  e->n_partitions = counts[0];
+  return true;
+}
+
+/* ---- Run ------------------------------------------------------------------- */
+
+static void log_stats(engine_t *e, uint64_t *last, int64_t *last_ms, bool final) {
+  uint64_t c = 0, a = 0, st = 0, d = 0, tl = 0, r = 0, q = 0, rp = 0, f = 0, ft = 0;
+  for (int i = 0; i < e->n_shards; i++) {
+    stats_t *s = &e->shards[i].st;
+    c += s->consumed;
+    a += s->applied;
+    st += s->stale;
+    d += s->duplicate;
+    tl += s->too_late;
+    r += s->rejected;
+    q += s->dlq;
+    rp += s->replayed;
+    f += s->flushes;
+    ft += s->flushed_twins;
+  }
+  int64_t now = tw_mono_ms();
+  double rate = now > *last_ms ? (double)(c - *last) * 1000.0 / (double)(now - *last_ms) : 0;
+  if (c != *last || final)
+    TW_INFO("stats",
+            "%sconsumed=%llu (%.0f/s) applied=%llu stale=%llu duplicate=%llu too_late=%llu rejected=%llu "
+            "dlq=%llu replayed=%llu flushes=%llu snapshots=%llu",
+            final ? "final " : "", (unsigned long long)c, rate, (unsigned long long)a, (unsigned long long)st,
+            (unsigned long long)d, (unsigned long long)tl, (unsigned long long)r, (unsigned long long)q,
+            (unsigned long long)rp, (unsigned long long)f, (unsigned long long)ft);
+  *last = c;
+  *last_ms = now;
+}
+
+int tw_engine_run(const tw_config_t *cfg) {
+  engine_t e = {0};
+  int rc = 1;
+  bson_error_t berr;
+  char errstr[512];
+  e.cfg = cfg;
+  e.group = tw_config_kafka(cfg, "group.id");
+  e.topics[TW_TOPIC_TELEMETRY] = cfg->topic_telemetry;
+  e.topics[TW_TOPIC_LIFECYCLE] = cfg->topic_lifecycle;
+  e.n_shards = (int)cfg->shards;
+
+  e.store = tw_store_new(cfg->mongo_uri, cfg->mongo_database, "twin-engine", &berr);
+  if (!e.store) {
+    TW_ERROR("engine", "mongo.uri: %s", berr.message);
+    return 1;
+  }
+  int64_t backoff = BACKOFF_MIN_MS;
+  bool warned = false;
+  while (!tw_store_ping(e.store, &berr)) {
+    if (!warned) TW_WARN("engine", "MongoDB at mongo.uri is not reachable (%s); waiting", berr.message);
+    warned = true;
+    if (g_stop) goto out_store;
+    sleep_ms(backoff);
+    backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+  }
+
+  rd_kafka_conf_t *pc = kafka_conf(cfg, false);
+  if (!pc) goto out_store;
+  rd_kafka_conf_set_dr_msg_cb(pc, dr_cb);
+  rd_kafka_conf_set_opaque(pc, &e);
+  e.producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, errstr, sizeof errstr);
+  if (!e.producer) {
+    TW_ERROR("engine", "cannot create Kafka producer: %s", errstr);
+    goto out_store;
+  }
+  rd_kafka_conf_t *cc = kafka_conf(cfg, true);
+  if (!cc) goto out_producer;
+  rd_kafka_conf_set_rebalance_cb(cc, rebalance_cb);
+  rd_kafka_conf_set_opaque(cc, &e);
+  e.consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, errstr, sizeof errstr);
+  if (!e.consumer) {
+    TW_ERROR("engine", "cannot create Kafka consumer: %s", errstr);
+    goto out_producer;
+  }
+  rd_kafka_poll_set_consumer(e.consumer);
+  if (!check_topics(&e)) goto out_consumer;
+
+  e.shards = tw_xcalloc((size_t)e.n_shards, sizeof *e.shards);
+  for (int i = 0; i < e.n_shards; i++) {
+    shard_t *s = &e.shards[i];
+    char app[64];
+    snprintf(app, sizeof app, "twin-engine-shard-%d", i);
+    s->id = i;
+    s->e = &e;
+    s->q = rd_kafka_queue_new(e.consumer);
+    s->store = tw_store_new(cfg->mongo_uri, cfg->mongo_database, app, &berr);
+    tw_map_init(&s->twins);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+  }
+  for (int i = 0; i < e.n_shards; i++) pthread_create(&e.shards[i].thread, NULL, shard_main, &e.shards[i]);
+
+  rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(2);
+  rd_kafka_topic_partition_list_add(subs, cfg->topic_telemetry, RD_KAFKA_PARTITION_UA);
+  rd_kafka_topic_partition_list_add(subs, cfg->topic_lifecycle, RD_KAFKA_PARTITION_UA);
+  rd_kafka_resp_err_t serr = rd_kafka_subscribe(e.consumer, subs);
+  rd_kafka_topic_partition_list_destroy(subs);
+  if (serr) {
+    TW_ERROR("engine", "cannot subscribe: %s", rd_kafka_err2str(serr));
+  } else {
+    TW_INFO("engine", "running: %d shards, %d partitions per topic, group %s, MongoDB database %s", e.n_shards,
+            e.n_partitions, e.group, cfg->mongo_database);
+    uint64_t last = 0;
+    int64_t last_ms = tw_mono_ms(), last_log = last_ms;
+    while (!g_stop) {
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(e.consumer, 200);
+      if (m) {
+        if (m->err)
+          TW_WARN("engine", "consumer: %s", rd_kafka_message_errstr(m));
+        else
+          TW_ERROR("engine", "message from %s[%d] reached the main queue instead of its shard; it is not lost "
+                             "(its offset is not checkpointed) but this is a bug",
+                   rd_kafka_topic_name(m->rkt), m->partition);
+        rd_kafka_message_destroy(m);
+      }
+      rd_kafka_poll(e.producer, 0);
+      if (tw_mono_ms() - last_log >= 10000) {
+        log_stats(&e, &last, &last_ms, false);
+        last_log = tw_mono_ms();
+      }
+    }
+    TW_INFO("engine", "stopping: flushing every shard");
+    rc = 0;
+  }
+  /* Closing the consumer revokes every partition through rebalance_cb,
+   * which makes each shard flush and checkpoint. */
+  rd_kafka_consumer_close(e.consumer);
+  atomic_store(&e.shards_exit, true);
+  for (int i = 0; i < e.n_shards; i++) {
+    rd_kafka_queue_yield(e.shards[i].q);
+    pthread_join(e.shards[i].thread, NULL);
+  }
+  {
+    uint64_t last = 0;
+    int64_t last_ms = tw_mono_ms();
+    log_stats(&e, &last, &last_ms, true);
+  }
+  rd_kafka_flush(e.producer, g_abort ? 0 : 10000);
+  for (int i = 0; i < e.n_shards; i++) {
+    shard_t *s = &e.shards[i];
+    rd_kafka_queue_destroy(s->q);
+    tw_store_destroy(s->store);
+    tw_map_cleanup(&s->twins, true);
+    free(s->dirty);
+    free(s->parts);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+  }
+  free(e.shards);
+out_consumer:
+  rd_kafka_destroy(e.consumer);
+out_producer:
+  rd_kafka_destroy(e.producer);
+out_store:
+  tw_store_destroy(e.store);
+  return rc;
+}
