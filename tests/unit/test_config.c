@@ -1,0 +1,137 @@
+/* test_config.c - the settings table: defaults, YAML, environment, --set
+ * precedence, and errors that name the key and what is allowed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "twin/config.h"
+
+static void test_defaults(void **state) {
+  (void)state;
+  tw_config_t c;
+  char err[512];
+  tw_config_init(&c);
+  assert_string_equal(tw_config_kafka(&c, "bootstrap.servers"), "127.0.0.1:9092");
+  assert_string_equal(tw_config_kafka(&c, "group.id"), "twin-engine");
+  assert_string_equal(c.mongo_uri, "mongodb://127.0.0.1:27017");
+  assert_string_equal(c.mongo_database, "twin");
+  assert_string_equal(c.topic_telemetry, "twin.telemetry");
+  assert_int_equal(c.seq_window, 64);
+  assert_true(c.shards >= 1);
+  assert_true(tw_config_validate(&c, err, sizeof err));
+  tw_config_cleanup(&c);
+}
+
+static char *write_tmp(const char *text) {
+  static char path[64];
+  strcpy(path, "/tmp/twin-config-XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static void test_yaml_env_set_precedence(void **state) {
+  (void)state;
+  tw_config_t c;
+  char err[512];
+  tw_config_init(&c);
+  char *p = write_tmp("kafka:\n  bootstrap.servers: broker-a:9093\n  sasl:\n    mechanisms: SCRAM-SHA-512\n"
+                      "snapshot:\n  interval.ms: 250\nshards: 3\nmongo.database: fleet\n");
+  assert_true(tw_config_load_yaml(&c, p, err, sizeof err));
+  unlink(p);
+  assert_string_equal(tw_config_kafka(&c, "bootstrap.servers"), "broker-a:9093");
+  assert_string_equal(tw_config_kafka(&c, "sasl.mechanisms"), "SCRAM-SHA-512");
+  assert_int_equal(c.snapshot_interval_ms, 250);
+  assert_int_equal(c.shards, 3);
+  assert_string_equal(c.mongo_database, "fleet");
+
+  char *env[] = {"TWIN_SNAPSHOT_INTERVAL_MS=400", "TWIN_KAFKA_SASL_USERNAME=svc", "PATH=/bin", NULL};
+  assert_true(tw_config_load_env(&c, env, err, sizeof err));
+  assert_int_equal(c.snapshot_interval_ms, 400);
+  assert_string_equal(tw_config_kafka(&c, "sasl.username"), "svc");
+
+  assert_true(tw_config_set(&c, "snapshot.interval.ms", "500", "--set", err, sizeof err));
+  assert_int_equal(c.snapshot_interval_ms, 500);
+  tw_config_cleanup(&c);
+}
+
+static void test_errors_name_key_and_allowed(void **state) {
+  (void)state;
+  tw_config_t c;
+  char err[512];
+  tw_config_init(&c);
+  assert_false(tw_config_set(&c, "snapshot.interval.ms", "fast", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "snapshot.interval.ms"));
+  assert_non_null(strstr(err, "10 to 600000"));
+  assert_false(tw_config_set(&c, "shards", "0", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "shards"));
+  assert_false(tw_config_set(&c, "log.format", "xml", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "text|json"));
+  assert_false(tw_config_set(&c, "snapshot.intervl.ms", "5", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "unknown config key 'snapshot.intervl.ms'"));
+  assert_false(tw_config_set(&c, "mongo.database", "", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "mongo.database is empty"));
+
+  char *env[] = {"TWIN_SNAPSHOT_INTERVL_MS=1", NULL};
+  assert_false(tw_config_load_env(&c, env, err, sizeof err));
+  assert_non_null(strstr(err, "TWIN_SNAPSHOT_INTERVL_MS"));
+
+  char *p = write_tmp("shards: [1, 2]\n");
+  assert_false(tw_config_load_yaml(&c, p, err, sizeof err));
+  assert_non_null(strstr(err, "shards"));
+  unlink(p);
+  p = write_tmp("shards: 2\n  bad: indent\n");
+  assert_false(tw_config_load_yaml(&c, p, err, sizeof err));
+  assert_non_null(strstr(err, p));
+  unlink(p);
+  assert_false(tw_config_load_yaml(&c, "/nonexistent/twin.yaml", err, sizeof err));
+  assert_non_null(strstr(err, "/nonexistent/twin.yaml"));
+
+  assert_true(tw_config_set(&c, "topics.lifecycle", "twin.telemetry", "--set", err, sizeof err));
+  assert_false(tw_config_validate(&c, err, sizeof err));
+  assert_non_null(strstr(err, "topics.telemetry and topics.lifecycle"));
+  tw_config_cleanup(&c);
+
+  tw_config_init(&c);
+  assert_true(tw_config_set(&c, "kafka.enable.auto.commit", "true", "--set", err, sizeof err));
+  assert_false(tw_config_validate(&c, err, sizeof err));
+  assert_non_null(strstr(err, "enable.auto.commit"));
+  tw_config_cleanup(&c);
+}
+
+static void test_dump_masks_secrets(void **state) {
+  (void)state;
+  tw_config_t c;
+  char err[512];
+  tw_config_init(&c);
+  assert_true(tw_config_set(&c, "kafka.sasl.password", "hunter2-secret", "--set", err, sizeof err));
+  assert_true(tw_config_set(&c, "mongo.uri", "mongodb://u:pa55word@db:27017", "--set", err, sizeof err));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  tw_config_dump(&c, f);
+  fclose(f);
+  assert_null(strstr(buf, "hunter2-secret"));
+  assert_null(strstr(buf, "pa55word"));
+  assert_non_null(strstr(buf, "kafka.sasl.password=(secret)"));
+  free(buf);
+  tw_config_cleanup(&c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_yaml_env_set_precedence),
+      cmocka_unit_test(test_errors_name_key_and_allowed),
+      cmocka_unit_test(test_dump_masks_secrets),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

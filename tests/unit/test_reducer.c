@@ -1,0 +1,256 @@
+/* test_reducer.c - the pure reducer against golden fixtures.
+ *
+ * Every JSON file in tests/fixtures/reducer holds events (each with the outcome
+ * it must have) and the twin document expected after them (a subset of the
+ * snapshot). Each fixture is also replayed with a "restart" after every
+ * event (snapshot to BSON, read back, continue), which must end in the
+ * byte-identical document: that is what makes kill -9 recovery exact. */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "twin/twin.h"
+
+typedef struct {
+  char path[1400];
+  bson_t *fx;
+} fx_state_t;
+
+static Twin__V1__Envelope *decode(const bson_t *ev, const char *pid, char *err, size_t cap, bool *valid) {
+  size_t len;
+  uint8_t *buf = tw_fixture_encode(ev, pid, &len, err, cap);
+  assert_non_null(buf);
+  Twin__V1__Envelope *env = twin__v1__envelope__unpack(NULL, len, buf);
+  free(buf);
+  assert_non_null(env);
+  *valid = tw_envelope_validate(env, env->product_id, strlen(env->product_id), err, cap);
+  return env;
+}
+
+static const char *str_field(const bson_t *b, const char *key, const char *def) {
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, b, key) && BSON_ITER_HOLDS_UTF8(&it)) return bson_iter_utf8(&it, NULL);
+  return def;
+}
+
+/* Replays the fixture's events; restart_at >= 0 round-trips the twin
+ * through BSON after that many events. Checks outcomes when check. */
+static tw_twin_t *replay(const fx_state_t *st, int restart_at, bool check) {
+  bson_iter_t it, evs;
+  const char *pid = str_field(st->fx, "product_id", "VIN0TEST000000001");
+  uint32_t window = 0;
+  if (bson_iter_init_find(&it, st->fx, "window")) window = (uint32_t)bson_iter_as_int64(&it);
+  tw_twin_t *t = tw_twin_new(pid, window);
+  assert_true(bson_iter_init_find(&evs, st->fx, "events"));
+  bson_iter_recurse(&evs, &it);
+  int i = 0;
+  while (bson_iter_next(&it)) {
+    if (i == restart_at) {
+      bson_t doc = BSON_INITIALIZER;
+      char err[256];
+      tw_twin_to_bson(t, -1, &doc);
+      tw_twin_t *back = tw_twin_from_bson(&doc, window, err, sizeof err);
+      if (!back) fail_msg("%s: snapshot did not read back: %s", st->path, err);
+      bson_destroy(&doc);
+      tw_twin_destroy(t);
+      t = back;
+    }
+    uint32_t len;
+    const uint8_t *data;
+    bson_iter_document(&it, &len, &data);
+    bson_t ev;
+    bson_init_static(&ev, data, len);
+    char err[512] = "";
+    bool valid;
+    Twin__V1__Envelope *env = decode(&ev, pid, err, sizeof err, &valid);
+    const char *expect = str_field(&ev, "expect", "applied");
+    const char *want_reason = str_field(&ev, "reason", NULL);
+    if (strcmp(expect, "invalid") == 0) {
+      if (check && valid) fail_msg("%s: event %d should be invalid (DLQ) but passed validation", st->path, i);
+      if (check && want_reason && !strstr(err, want_reason))
+        fail_msg("%s: event %d invalid for '%s', expected a reason containing '%s'", st->path, i, err, want_reason);
+    } else {
+      if (!valid) fail_msg("%s: event %d failed validation: %s", st->path, i, err);
+      const char *why = NULL;
+      tw_outcome_t o = tw_reduce(t, env, &why);
+      if (check && strcmp(tw_outcome_name(o), expect) != 0)
+        fail_msg("%s: event %d: outcome %s, expected %s", st->path, i, tw_outcome_name(o), expect);
+      if (check && want_reason && (!why || !strstr(why, want_reason)))
+        fail_msg("%s: event %d: reason '%s', expected it to contain '%s'", st->path, i, why ? why : "(none)",
+                 want_reason);
+    }
+    twin__v1__envelope__free_unpacked(env, NULL);
+    i++;
+  }
+  return t;
+}
+
+static void test_fixture(void **state) {
+  fx_state_t *st = *state;
+  tw_twin_t *t = replay(st, -1, true);
+  bson_t doc = BSON_INITIALIZER;
+  tw_twin_to_bson(t, -1, &doc);
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, st->fx, "twin")) {
+    uint32_t len;
+    const uint8_t *data;
+    bson_iter_document(&it, &len, &data);
+    bson_t want;
+    bson_init_static(&want, data, len);
+    char why[1024];
+    if (!tw_bson_subset(&want, &doc, why, sizeof why)) {
+      char *json = bson_as_relaxed_extended_json(&doc, NULL);
+      fprintf(stderr, "actual twin: %s\n", json);
+      bson_free(json);
+      fail_msg("%s: twin differs: %s", st->path, why);
+    }
+  }
+  /* Restarting after any event ends in the same bytes. */
+  uint64_t want_hash = tw_twin_state_hash(t);
+  bson_iter_t evs, e;
+  bson_iter_init_find(&evs, st->fx, "events");
+  bson_iter_recurse(&evs, &e);
+  int n = 0;
+  while (bson_iter_next(&e)) n++;
+  for (int k = 0; k <= n; k++) {
+    tw_twin_t *r = replay(st, k, false);
+    if (tw_twin_state_hash(r) != want_hash) fail_msg("%s: restart after event %d changed the twin", st->path, k);
+    tw_twin_destroy(r);
+  }
+  bson_destroy(&doc);
+  tw_twin_destroy(t);
+}
+
+/* ---- Seq window edge cases, without fixtures ------------------------------- */
+
+static tw_outcome_t tel(tw_twin_t *t, const char *src, uint64_t seq, int64_t at, double odo) {
+  Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
+  Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
+  env.product_id = t->product_id;
+  env.source = (char *)src;
+  env.seq = seq;
+  env.event_time_ms = at;
+  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
+  env.telemetry = &tm;
+  tm._odometer_km_case = TWIN__V1__TELEMETRY___ODOMETER_KM_ODOMETER_KM;
+  tm.odometer_km = odo;
+  return tw_reduce(t, &env, NULL);
+}
+
+static void test_window_multiword(void **state) {
+  (void)state;
+  tw_twin_t *t = tw_twin_new("P1", 130); /* three 64-bit words, last one partial */
+  assert_int_equal(tel(t, "a", 200, 1, 1), TW_OUT_APPLIED);
+  assert_int_equal(tel(t, "a", 71, 2, 1), TW_OUT_APPLIED);   /* 129 behind: inside */
+  assert_int_equal(tel(t, "a", 71, 3, 1), TW_OUT_DUPLICATE);
+  assert_int_equal(tel(t, "a", 70, 4, 1), TW_OUT_TOO_LATE);  /* 130 behind: outside */
+  assert_int_equal(tel(t, "a", 265, 5, 1), TW_OUT_APPLIED);  /* shift by 65 bits */
+  assert_int_equal(tel(t, "a", 200, 6, 1), TW_OUT_DUPLICATE); /* still remembered after the shift */
+  assert_int_equal(tel(t, "a", 199, 7, 1), TW_OUT_APPLIED);
+  assert_int_equal(tel(t, "a", 136, 8, 1), TW_OUT_APPLIED);  /* 129 behind 265 */
+  assert_int_equal(tel(t, "a", 135, 9, 1), TW_OUT_TOO_LATE);
+  assert_int_equal(tel(t, "b", 1, 10, 1), TW_OUT_APPLIED);   /* sources are independent */
+  assert_int_equal(t->rev, 6);
+  assert_int_equal(t->counters.duplicates, 2);
+  assert_int_equal(t->counters.too_late, 2);
+  assert_int_equal(t->seen, 10);
+
+  /* The window survives a snapshot round trip, including its holes. */
+  bson_t doc = BSON_INITIALIZER;
+  char err[128];
+  tw_twin_to_bson(t, -1, &doc);
+  tw_twin_t *r = tw_twin_from_bson(&doc, 130, err, sizeof err);
+  assert_non_null(r);
+  assert_int_equal(tel(r, "a", 199, 11, 1), TW_OUT_DUPLICATE);
+  assert_int_equal(tel(r, "a", 198, 12, 1), TW_OUT_APPLIED);
+  assert_int_equal(tel(r, "a", 135, 13, 1), TW_OUT_TOO_LATE);
+  bson_destroy(&doc);
+  tw_twin_destroy(r);
+  tw_twin_destroy(t);
+}
+
+static void test_window_huge_seqs(void **state) {
+  (void)state;
+  tw_twin_t *t = tw_twin_new("P2", 64);
+  /* seqs near 2^64 are stored as int64 bit patterns and must survive. */
+  assert_int_equal(tel(t, "a", UINT64_MAX - 1, 1, 1), TW_OUT_APPLIED);
+  assert_int_equal(tel(t, "a", UINT64_MAX, 2, 2), TW_OUT_APPLIED);
+  assert_int_equal(tel(t, "a", UINT64_MAX - 1, 3, 3), TW_OUT_DUPLICATE);
+  assert_int_equal(tel(t, "a", 5, 4, 4), TW_OUT_TOO_LATE); /* no wrap-around: 5 is very old */
+  bson_t doc = BSON_INITIALIZER;
+  char err[128];
+  tw_twin_to_bson(t, -1, &doc);
+  tw_twin_t *r = tw_twin_from_bson(&doc, 64, err, sizeof err);
+  assert_non_null(r);
+  assert_true(r->sources[0].hwm == UINT64_MAX);
+  assert_int_equal(tel(r, "a", UINT64_MAX, 5, 5), TW_OUT_DUPLICATE);
+  bson_destroy(&doc);
+  tw_twin_destroy(r);
+  tw_twin_destroy(t);
+}
+
+static void test_lww_tie_breaks_by_seq(void **state) {
+  (void)state;
+  tw_twin_t *t = tw_twin_new("P3", 64);
+  assert_int_equal(tel(t, "a", 2, 1000, 20), TW_OUT_APPLIED);
+  assert_int_equal(tel(t, "a", 1, 1000, 10), TW_OUT_STALE); /* same time, lower seq */
+  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 20);
+  assert_int_equal(tel(t, "a", 3, 999, 5), TW_OUT_STALE); /* older time, higher seq */
+  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 20);
+  assert_int_equal(t->rev, 3);
+  assert_int_equal(t->counters.stale_fields, 2);
+  tw_twin_destroy(t);
+}
+
+/* ---- Runner ---------------------------------------------------------------- */
+
+static int cmp_path(const void *a, const void *b) { return strcmp(((const fx_state_t *)a)->path, ((const fx_state_t *)b)->path); }
+
+int main(void) {
+  const char *src = getenv("TWIN_SOURCE_DIR");
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s/tests/fixtures/reducer", src ? src : ".");
+  DIR *d = opendir(dir);
+  if (!d) {
+    fprintf(stderr, "cannot open %s (set TWIN_SOURCE_DIR)\n", dir);
+    return 1;
+  }
+  fx_state_t *fx = calloc(256, sizeof *fx);
+  size_t n = 0;
+  struct dirent *de;
+  while ((de = readdir(d)) && n < 256) {
+    size_t l = strlen(de->d_name);
+    if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0) continue;
+    snprintf(fx[n].path, sizeof fx[n].path, "%s/%s", dir, de->d_name);
+    n++;
+  }
+  closedir(d);
+  qsort(fx, n, sizeof *fx, cmp_path);
+  struct CMUnitTest *tests = calloc(n + 3, sizeof *tests);
+  for (size_t i = 0; i < n; i++) {
+    char err[512];
+    fx[i].fx = tw_fixture_load_json(fx[i].path, err, sizeof err);
+    if (!fx[i].fx) {
+      fprintf(stderr, "%s\n", err);
+      return 1;
+    }
+    tests[i].name = strrchr(fx[i].path, '/') + 1;
+    tests[i].test_func = test_fixture;
+    tests[i].initial_state = &fx[i];
+  }
+  tests[n] = (struct CMUnitTest)cmocka_unit_test(test_window_multiword);
+  tests[n + 1] = (struct CMUnitTest)cmocka_unit_test(test_window_huge_seqs);
+  tests[n + 2] = (struct CMUnitTest)cmocka_unit_test(test_lww_tie_breaks_by_seq);
+  int rc = _cmocka_run_group_tests("reducer", tests, n + 3, NULL, NULL);
+  for (size_t i = 0; i < n; i++) bson_destroy(fx[i].fx);
+  free(fx);
+  free(tests);
+  return rc;
+}
