@@ -30,9 +30,9 @@ void tw_log_vwrite(tw_log_level_t level, const char *component, const char *fmt,
 /* Sends libmongoc's log output through this logger. */
 void tw_log_route_mongoc(void);
 
-#define TW_LOG(level, comp, ...)                                                                   \
-  do {                                                                                             \
-    if (tw_log_enabled(level)) tw_log_write(level, comp, __VA_ARGS__);                             \
+#define TW_LOG(level, comp, ...)                                       \
+  do {                                                                 \
+    if (tw_log_enabled(level)) tw_log_write(level, comp, __VA_ARGS__); \
   } while (0)
 #define TW_DEBUG(comp, ...) TW_LOG(TW_LOG_DEBUG, comp, __VA_ARGS__)
 #define TW_INFO(comp, ...) TW_LOG(TW_LOG_INFO, comp, __VA_ARGS__)

@@ -132,14 +132,14 @@ typedef struct {
 /* Battery health trend: least squares of state of health over time. */
 typedef struct {
   uint64_t n;
-  int64_t t0_ms; /* time origin of the sums (first sample) */
+  int64_t t0_ms;           /* time origin of the sums (first sample) */
   double st, sy, stt, sty; /* sums over t (days since t0) and y (soh %) */
 } tw_trend_t;
 
 typedef struct tw_twin {
   char *product_id; /* owned */
   tw_stage_t stage;
-  bool quality_hold; /* the last quality gate failed and none passed since */
+  bool quality_hold;   /* the last quality gate failed and none passed since */
   char *model, *owner; /* owned, may be NULL */
   uint64_t rev;        /* events accepted: not duplicate, too late or rejected */
   uint64_t seen;       /* every event that reached the reducer; guards writes */

@@ -68,22 +68,23 @@ static char **a_strings(arena_t *a, const bson_iter_t *it, size_t *n) {
   return v;
 }
 
-#define SET_OPT(msg, field, FIELD_CASE_ENUM, value)                                                                    \
-  do {                                                                                                             \
-    (msg)->_##field##_case = FIELD_CASE_ENUM;                                                                      \
-    (msg)->field = (value);                                                                                        \
+#define SET_OPT(msg, field, FIELD_CASE_ENUM, value) \
+  do {                                              \
+    (msg)->_##field##_case = FIELD_CASE_ENUM;       \
+    (msg)->field = (value);                         \
   } while (0)
 
-static bool build_telemetry(arena_t *a, const bson_iter_t *doc, Twin__V1__Telemetry *t, char *err, size_t cap) {
+static bool build_telemetry(arena_t *a, const bson_iter_t *doc, Twin__V1__Telemetry *t, char *err,
+                            size_t cap) {
   bson_iter_t it;
   twin__v1__telemetry__init(t);
   if (!bson_iter_recurse(doc, &it)) return false;
   while (bson_iter_next(&it)) {
     const char *k = bson_iter_key(&it);
-#define OPT(name, CASE)                                                                                            \
-  if (strcmp(k, #name) == 0) {                                                                                     \
-    SET_OPT(t, name, CASE, num(&it));                                                                              \
-    continue;                                                                                                      \
+#define OPT(name, CASE)               \
+  if (strcmp(k, #name) == 0) {        \
+    SET_OPT(t, name, CASE, num(&it)); \
+    continue;                         \
   }
     OPT(odometer_km, TWIN__V1__TELEMETRY___ODOMETER_KM_ODOMETER_KM)
     OPT(speed_kph, TWIN__V1__TELEMETRY___SPEED_KPH_SPEED_KPH)
@@ -151,15 +152,24 @@ static bool build_lifecycle(arena_t *a, const bson_iter_t *doc, Twin__V1__Lifecy
       } else {
         l->kind = (Twin__V1__LifecycleKind)bson_iter_as_int64(&it);
       }
-    } else if (strcmp(k, "site") == 0) l->site = a_str(a, &it);
-    else if (strcmp(k, "actor") == 0) l->actor = a_str(a, &it);
-    else if (strcmp(k, "detail") == 0) l->detail = a_str(a, &it);
-    else if (strcmp(k, "work_order") == 0) l->work_order = a_str(a, &it);
-    else if (strcmp(k, "recall_id") == 0) l->recall_id = a_str(a, &it);
-    else if (strcmp(k, "owner_id") == 0) l->owner_id = a_str(a, &it);
-    else if (strcmp(k, "model") == 0) l->model = a_str(a, &it);
-    else if (strcmp(k, "odometer_km") == 0) SET_OPT(l, odometer_km, TWIN__V1__LIFECYCLE_EVENT___ODOMETER_KM_ODOMETER_KM, num(&it));
-    else if (strcmp(k, "parts_replaced") == 0) l->parts_replaced = a_strings(a, &it, &l->n_parts_replaced);
+    } else if (strcmp(k, "site") == 0)
+      l->site = a_str(a, &it);
+    else if (strcmp(k, "actor") == 0)
+      l->actor = a_str(a, &it);
+    else if (strcmp(k, "detail") == 0)
+      l->detail = a_str(a, &it);
+    else if (strcmp(k, "work_order") == 0)
+      l->work_order = a_str(a, &it);
+    else if (strcmp(k, "recall_id") == 0)
+      l->recall_id = a_str(a, &it);
+    else if (strcmp(k, "owner_id") == 0)
+      l->owner_id = a_str(a, &it);
+    else if (strcmp(k, "model") == 0)
+      l->model = a_str(a, &it);
+    else if (strcmp(k, "odometer_km") == 0)
+      SET_OPT(l, odometer_km, TWIN__V1__LIFECYCLE_EVENT___ODOMETER_KM_ODOMETER_KM, num(&it));
+    else if (strcmp(k, "parts_replaced") == 0)
+      l->parts_replaced = a_strings(a, &it, &l->n_parts_replaced);
     else if (strcmp(k, "attributes") == 0) {
       bson_iter_t m;
       size_t n = 0;
@@ -198,10 +208,14 @@ uint8_t *tw_fixture_encode(const bson_t *event, const char *default_product_id, 
   bson_iter_init(&it, event);
   while (ok && bson_iter_next(&it)) {
     const char *k = bson_iter_key(&it);
-    if (strcmp(k, "product_id") == 0) env.product_id = a_str(a, &it);
-    else if (strcmp(k, "source") == 0) env.source = a_str(a, &it);
-    else if (strcmp(k, "seq") == 0) env.seq = (uint64_t)bson_iter_as_int64(&it);
-    else if (strcmp(k, "t") == 0 || strcmp(k, "event_time_ms") == 0) env.event_time_ms = bson_iter_as_int64(&it);
+    if (strcmp(k, "product_id") == 0)
+      env.product_id = a_str(a, &it);
+    else if (strcmp(k, "source") == 0)
+      env.source = a_str(a, &it);
+    else if (strcmp(k, "seq") == 0)
+      env.seq = (uint64_t)bson_iter_as_int64(&it);
+    else if (strcmp(k, "t") == 0 || strcmp(k, "event_time_ms") == 0)
+      env.event_time_ms = bson_iter_as_int64(&it);
     else if (strcmp(k, "telemetry") == 0) {
       ok = build_telemetry(a, &it, &tel, err, cap);
       env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
@@ -251,8 +265,8 @@ static bool is_num(const bson_iter_t *it) {
   return BSON_ITER_HOLDS_DOUBLE(it) || BSON_ITER_HOLDS_INT32(it) || BSON_ITER_HOLDS_INT64(it);
 }
 
-static bool subset_iter(bson_iter_t *exp, const bson_iter_t *act_parent, bool array, const char *path, char *why,
-                        size_t cap);
+static bool subset_iter(bson_iter_t *exp, const bson_iter_t *act_parent, bool array, const char *path,
+                        char *why, size_t cap);
 
 static bool value_eq(const bson_iter_t *e, const bson_iter_t *a, const char *path, char *why, size_t cap) {
   if (is_num(e) && is_num(a)) {
@@ -263,7 +277,8 @@ static bool value_eq(const bson_iter_t *e, const bson_iter_t *a, const char *pat
   }
   if (BSON_ITER_HOLDS_UTF8(e) && BSON_ITER_HOLDS_UTF8(a)) {
     if (strcmp(bson_iter_utf8(e, NULL), bson_iter_utf8(a, NULL)) == 0) return true;
-    snprintf(why, cap, "%s: expected \"%s\", got \"%s\"", path, bson_iter_utf8(e, NULL), bson_iter_utf8(a, NULL));
+    snprintf(why, cap, "%s: expected \"%s\", got \"%s\"", path, bson_iter_utf8(e, NULL),
+             bson_iter_utf8(a, NULL));
     return false;
   }
   if (BSON_ITER_HOLDS_NULL(e) && BSON_ITER_HOLDS_NULL(a)) return true;
@@ -283,8 +298,8 @@ static bool value_eq(const bson_iter_t *e, const bson_iter_t *a, const char *pat
   return false;
 }
 
-static bool subset_iter(bson_iter_t *exp, const bson_iter_t *act_parent, bool array, const char *path, char *why,
-                        size_t cap) {
+static bool subset_iter(bson_iter_t *exp, const bson_iter_t *act_parent, bool array, const char *path,
+                        char *why, size_t cap) {
   size_t ne = 0, na = 0;
   bson_iter_t act;
   while (bson_iter_next(exp)) {

@@ -75,7 +75,8 @@ static tw_twin_t *replay(const fx_state_t *st, int restart_at, bool check) {
     if (strcmp(expect, "invalid") == 0) {
       if (check && valid) fail_msg("%s: event %d should be invalid (DLQ) but passed validation", st->path, i);
       if (check && want_reason && !strstr(err, want_reason))
-        fail_msg("%s: event %d invalid for '%s', expected a reason containing '%s'", st->path, i, err, want_reason);
+        fail_msg("%s: event %d invalid for '%s', expected a reason containing '%s'", st->path, i, err,
+                 want_reason);
     } else {
       if (!valid) fail_msg("%s: event %d failed validation: %s", st->path, i, err);
       const char *why = NULL;
@@ -121,7 +122,8 @@ static void test_fixture(void **state) {
   while (bson_iter_next(&e)) n++;
   for (int k = 0; k <= n; k++) {
     tw_twin_t *r = replay(st, k, false);
-    if (tw_twin_state_hash(r) != want_hash) fail_msg("%s: restart after event %d changed the twin", st->path, k);
+    if (tw_twin_state_hash(r) != want_hash)
+      fail_msg("%s: restart after event %d changed the twin", st->path, k);
     tw_twin_destroy(r);
   }
   bson_destroy(&doc);
@@ -148,15 +150,15 @@ static void test_window_multiword(void **state) {
   (void)state;
   tw_twin_t *t = tw_twin_new("P1", 130); /* three 64-bit words, last one partial */
   assert_int_equal(tel(t, "a", 200, 1, 1), TW_OUT_APPLIED);
-  assert_int_equal(tel(t, "a", 71, 2, 1), TW_OUT_APPLIED);   /* 129 behind: inside */
+  assert_int_equal(tel(t, "a", 71, 2, 1), TW_OUT_APPLIED); /* 129 behind: inside */
   assert_int_equal(tel(t, "a", 71, 3, 1), TW_OUT_DUPLICATE);
-  assert_int_equal(tel(t, "a", 70, 4, 1), TW_OUT_TOO_LATE);  /* 130 behind: outside */
-  assert_int_equal(tel(t, "a", 265, 5, 1), TW_OUT_APPLIED);  /* shift by 65 bits */
+  assert_int_equal(tel(t, "a", 70, 4, 1), TW_OUT_TOO_LATE);   /* 130 behind: outside */
+  assert_int_equal(tel(t, "a", 265, 5, 1), TW_OUT_APPLIED);   /* shift by 65 bits */
   assert_int_equal(tel(t, "a", 200, 6, 1), TW_OUT_DUPLICATE); /* still remembered after the shift */
   assert_int_equal(tel(t, "a", 199, 7, 1), TW_OUT_APPLIED);
-  assert_int_equal(tel(t, "a", 136, 8, 1), TW_OUT_APPLIED);  /* 129 behind 265 */
+  assert_int_equal(tel(t, "a", 136, 8, 1), TW_OUT_APPLIED); /* 129 behind 265 */
   assert_int_equal(tel(t, "a", 135, 9, 1), TW_OUT_TOO_LATE);
-  assert_int_equal(tel(t, "b", 1, 10, 1), TW_OUT_APPLIED);   /* sources are independent */
+  assert_int_equal(tel(t, "b", 1, 10, 1), TW_OUT_APPLIED); /* sources are independent */
   assert_int_equal(t->rev, 6);
   assert_int_equal(t->counters.duplicates, 2);
   assert_int_equal(t->counters.too_late, 2);
@@ -211,7 +213,9 @@ static void test_lww_tie_breaks_by_seq(void **state) {
 
 /* ---- Runner ---------------------------------------------------------------- */
 
-static int cmp_path(const void *a, const void *b) { return strcmp(((const fx_state_t *)a)->path, ((const fx_state_t *)b)->path); }
+static int cmp_path(const void *a, const void *b) {
+  return strcmp(((const fx_state_t *)a)->path, ((const fx_state_t *)b)->path);
+}
 
 int main(void) {
   const char *src = getenv("TWIN_SOURCE_DIR");

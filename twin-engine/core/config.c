@@ -147,14 +147,15 @@ bool tw_config_set(tw_config_t *c, const char *key, const char *value, const cha
     case T_INT: {
       int64_t x;
       if (!parse_int(value, &x) || x < s->min || x > s->max)
-        return fail(err, cap, "%s: %s = '%s' is not allowed: expected an integer from %lld to %lld", origin, key,
-                    value, (long long)s->min, (long long)s->max);
+        return fail(err, cap, "%s: %s = '%s' is not allowed: expected an integer from %lld to %lld", origin,
+                    key, value, (long long)s->min, (long long)s->max);
       *int_field(c, s) = x;
       return true;
     }
     case T_ENUM:
       if (!enum_allows(s->allowed, value))
-        return fail(err, cap, "%s: %s = '%s' is not allowed: expected one of %s", origin, key, value, s->allowed);
+        return fail(err, cap, "%s: %s = '%s' is not allowed: expected one of %s", origin, key, value,
+                    s->allowed);
       break;
     case T_STR:
       if (!*value) return fail(err, cap, "%s: %s is empty: expected a non-empty string", origin, key);
@@ -165,8 +166,9 @@ bool tw_config_set(tw_config_t *c, const char *key, const char *value, const cha
     *f = tw_xstrdup(value);
     return true;
   }
-  return fail(err, cap, "%s: unknown config key '%s' (run `twin-engine --help-config` for the list; "
-                        "librdkafka properties take the prefix 'kafka.')",
+  return fail(err, cap,
+              "%s: unknown config key '%s' (run `twin-engine --help-config` for the list; "
+              "librdkafka properties take the prefix 'kafka.')",
               origin, key);
 }
 
@@ -178,7 +180,8 @@ const char *tw_config_kafka(const tw_config_t *c, const char *key) {
 
 bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
   if (strcmp(c->topic_telemetry, c->topic_lifecycle) == 0)
-    return fail(err, cap, "topics.telemetry and topics.lifecycle must differ (both are '%s')", c->topic_telemetry);
+    return fail(err, cap, "topics.telemetry and topics.lifecycle must differ (both are '%s')",
+                c->topic_telemetry);
   if (strcmp(c->topic_dlq, c->topic_telemetry) == 0 || strcmp(c->topic_dlq, c->topic_lifecycle) == 0)
     return fail(err, cap, "topics.dlq must not be an input topic ('%s')", c->topic_dlq);
   const char *colon = strrchr(c->http_listen, ':');
@@ -191,8 +194,9 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
                 c->mongo_uri);
   const char *mode = tw_config_kafka(c, "enable.auto.commit");
   if (mode && strcmp(mode, "false") != 0)
-    return fail(err, cap, "kafka.enable.auto.commit must stay false: offsets are committed after the "
-                          "snapshots they cover are in MongoDB");
+    return fail(err, cap,
+                "kafka.enable.auto.commit must stay false: offsets are committed after the "
+                "snapshots they cover are in MongoDB");
   return true;
 }
 
@@ -214,8 +218,8 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
 
   while (ok && !done) {
     if (!yaml_parser_parse(&p, &ev)) {
-      ok = fail(err, cap, "config file %s:%zu:%zu: %s", path, p.problem_mark.line + 1, p.problem_mark.column + 1,
-                p.problem ? p.problem : "YAML syntax error");
+      ok = fail(err, cap, "config file %s:%zu:%zu: %s", path, p.problem_mark.line + 1,
+                p.problem_mark.column + 1, p.problem ? p.problem : "YAML syntax error");
       break;
     }
     switch (ev.type) {
@@ -288,12 +292,13 @@ bool tw_config_load_env(tw_config_t *c, char *const *envp, char *err, size_t cap
     for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)e[5 + i]);
     name[n] = '\0';
     /* Variables of the local stack, the tests and the tools, not settings. */
-    static const char *ignored[] = {"source_dir", "bin_dir",   "stack_dir",  "kafka_port", "mongo_port",
-                                    "partitions", "kafka_bootstrap", "mongo_uri_test", "config"};
+    static const char *ignored[] = {"source_dir",      "bin_dir",        "stack_dir",
+                                    "kafka_port",      "mongo_port",     "partitions",
+                                    "kafka_bootstrap", "mongo_uri_test", "config"};
     bool skip = false;
     for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++)
       if (strcmp(name, ignored[i]) == 0) skip = true;
-    if (skip) continue;
+    if (skip || strncmp(name, "test_", 5) == 0) continue;
     char key[300] = "";
     if (strncmp(name, "kafka_", 6) == 0) {
       /* librdkafka property names use dots only. */
@@ -339,10 +344,12 @@ void tw_config_help(FILE *out) {
       fprintf(out, "  %-22s   string, default %s\n", "", s->def);
   }
   for (size_t i = 0; i < sizeof KAFKA_DEFAULTS / sizeof KAFKA_DEFAULTS[0]; i++)
-    fprintf(out, "  kafka.%-16s %s\n  %-22s   string, default %s\n", KAFKA_DEFAULTS[i].key, KAFKA_DEFAULTS[i].help,
-            "", KAFKA_DEFAULTS[i].def);
-  fprintf(out, "  kafka.<property>       any librdkafka property (TLS: kafka.security.protocol, kafka.ssl.*;\n"
-               "                         SASL: kafka.sasl.mechanisms, kafka.sasl.username, kafka.sasl.password)\n");
+    fprintf(out, "  kafka.%-16s %s\n  %-22s   string, default %s\n", KAFKA_DEFAULTS[i].key,
+            KAFKA_DEFAULTS[i].help, "", KAFKA_DEFAULTS[i].def);
+  fprintf(
+      out,
+      "  kafka.<property>       any librdkafka property (TLS: kafka.security.protocol, kafka.ssl.*;\n"
+      "                         SASL: kafka.sasl.mechanisms, kafka.sasl.username, kafka.sasl.password)\n");
 }
 
 static bool is_secret(const char *key) {
@@ -362,5 +369,6 @@ void tw_config_dump(const tw_config_t *c, FILE *out) {
       fprintf(out, "%s=%s\n", s->key, *str_field(m, s));
   }
   for (size_t i = 0; i < c->n_kafka; i++)
-    fprintf(out, "kafka.%s=%s\n", c->kafka[i].key, is_secret(c->kafka[i].key) ? "(secret)" : c->kafka[i].value);
+    fprintf(out, "kafka.%s=%s\n", c->kafka[i].key,
+            is_secret(c->kafka[i].key) ? "(secret)" : c->kafka[i].value);
 }

@@ -66,8 +66,9 @@ void tw_log_vwrite(tw_log_level_t level, const char *component, const char *fmt,
   if (g_json) {
     char esc[4200];
     json_escape(esc, sizeof esc, msg);
-    n = snprintf(line, sizeof line, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"component\":\"%s\",\"msg\":\"%s\"}\n",
-                 tbuf, ts.tv_nsec / 1000000, level_names[level], component, esc);
+    n = snprintf(line, sizeof line,
+                 "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"component\":\"%s\",\"msg\":\"%s\"}\n", tbuf,
+                 ts.tv_nsec / 1000000, level_names[level], component, esc);
   } else {
     n = snprintf(line, sizeof line, "%s.%03ldZ %-5s [%s] %s\n", tbuf, ts.tv_nsec / 1000000,
                  level_names[level], component, msg);
@@ -100,6 +101,9 @@ static void mongoc_log_cb(mongoc_log_level_t level, const char *domain, const ch
   default: l = TW_LOG_DEBUG; break;
   }
   if (level == MONGOC_LOG_LEVEL_TRACE) return;
+  /* FerretDB has no endSessions command; libmongoc warns at every client
+   * shutdown. It is harmless, so it is kept at debug. */
+  if (message && strstr(message, "endSessions")) l = TW_LOG_DEBUG;
   char comp[64];
   snprintf(comp, sizeof comp, "mongoc.%s", domain ? domain : "");
   TW_LOG(l, comp, "%s", message);

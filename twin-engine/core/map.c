@@ -42,8 +42,8 @@ static size_t find(const tw_map_t *m, const char *id, uint64_t h) {
 tw_twin_t *tw_map_get(const tw_map_t *m, const char *id) { return m->slots[find(m, id, tw_map_hash(id))]; }
 
 static void grow(tw_map_t *m) {
-  tw_map_t n = {tw_xcalloc(m->cap * 2, sizeof(tw_twin_t *)), tw_xcalloc(m->cap * 2, sizeof(uint64_t)), m->cap * 2,
-                0};
+  tw_map_t n = {tw_xcalloc(m->cap * 2, sizeof(tw_twin_t *)), tw_xcalloc(m->cap * 2, sizeof(uint64_t)),
+                m->cap * 2, 0};
   for (size_t i = 0; i < m->cap; i++) {
     if (!m->slots[i]) continue;
     size_t j = m->hashes[i] & (n.cap - 1);

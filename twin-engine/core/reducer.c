@@ -307,7 +307,8 @@ static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env
   if (TEL_HAS(tm, aux_battery_v)) put_scalar(&t->scalars[TW_F_AUX_BATTERY_V], tm->aux_battery_v, &c);
   if (TEL_HAS(tm, ambient_temp_c)) put_scalar(&t->scalars[TW_F_AMBIENT_TEMP_C], tm->ambient_temp_c, &c);
   if (TEL_HAS(tm, range_km)) put_scalar(&t->scalars[TW_F_RANGE_KM], tm->range_km, &c);
-  if (tm->n_tire_pressure_kpa) put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c);
+  if (tm->n_tire_pressure_kpa)
+    put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c);
   if (tm->n_brake_pad_mm) put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c);
   if (tm->n_dtc_codes || tm->dtc_codes_reported) put_dtcs(&t->dtc_codes, tm->dtc_codes, tm->n_dtc_codes, &c);
   if (TEL_HAS(tm, firmware_version)) {
@@ -428,7 +429,8 @@ static const char *lifecycle_check(const tw_twin_t *t, const Twin__V1__Lifecycle
     if (s != TW_STAGE_IN_PRODUCTION) return "BUILD_COMPLETED requires stage IN_PRODUCTION";
     return t->quality_hold ? "BUILD_COMPLETED while the last quality gate failed" : NULL;
   case TWIN__V1__LIFECYCLE_KIND__SHIPPED:
-    return (s == TW_STAGE_BUILT || s == TW_STAGE_AT_DEALER) ? NULL : "SHIPPED requires stage BUILT or AT_DEALER";
+    return (s == TW_STAGE_BUILT || s == TW_STAGE_AT_DEALER) ? NULL
+                                                            : "SHIPPED requires stage BUILT or AT_DEALER";
   case TWIN__V1__LIFECYCLE_KIND__ARRIVED_AT_DEALER:
     return s == TW_STAGE_IN_TRANSIT ? NULL : "ARRIVED_AT_DEALER requires stage IN_TRANSIT";
   case TWIN__V1__LIFECYCLE_KIND__DELIVERED:
@@ -444,16 +446,15 @@ static const char *lifecycle_check(const tw_twin_t *t, const Twin__V1__Lifecycle
   case TWIN__V1__LIFECYCLE_KIND__RECALL_ISSUED:
     if (s < TW_STAGE_BUILT) return "RECALL_ISSUED for a product that is not built";
     if (!lc->recall_id[0]) return "RECALL_ISSUED without recall_id";
-    return open_recall_index(t, lc->recall_id) >= 0 ? "RECALL_ISSUED for a recall that is already open" : NULL;
+    return open_recall_index(t, lc->recall_id) >= 0 ? "RECALL_ISSUED for a recall that is already open"
+                                                    : NULL;
   case TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED:
     if (!lc->recall_id[0]) return "RECALL_COMPLETED without recall_id";
     if (open_recall_index(t, lc->recall_id) >= 0) return NULL;
     return recall_was_completed(t, lc->recall_id) ? "RECALL_COMPLETED for a recall already completed"
                                                   : "RECALL_COMPLETED for a recall that was never issued";
-  case TWIN__V1__LIFECYCLE_KIND__DECOMMISSIONED:
-    return NULL;
-  default:
-    return "unknown lifecycle kind"; /* tw_envelope_validate() sends these to the DLQ */
+  case TWIN__V1__LIFECYCLE_KIND__DECOMMISSIONED: return NULL;
+  default: return "unknown lifecycle kind"; /* tw_envelope_validate() sends these to the DLQ */
   }
 }
 

@@ -7,11 +7,17 @@
  * the expected "already newer", not a failure. */
 #include "store.h"
 
+#include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "twin/log.h"
+#include "util.h"
 
 struct tw_store {
   mongoc_client_t *client;
-  mongoc_collection_t *twins, *checkpoints;
+  mongoc_collection_t *twins, *checkpoints, *journal;
+  int ferretdb; /* -1 unknown yet, 0 MongoDB, 1 FerretDB */
 };
 
 tw_store_t *tw_store_new(const char *uri_s, const char *database, const char *appname, bson_error_t *err) {
@@ -32,6 +38,8 @@ tw_store_t *tw_store_new(const char *uri_s, const char *database, const char *ap
   s->client = c;
   s->twins = mongoc_client_get_collection(c, database, "twins");
   s->checkpoints = mongoc_client_get_collection(c, database, "checkpoints");
+  s->journal = mongoc_client_get_collection(c, database, "snapshot_journal");
+  s->ferretdb = -1;
   return s;
 }
 
@@ -39,6 +47,7 @@ void tw_store_destroy(tw_store_t *s) {
   if (!s) return;
   mongoc_collection_destroy(s->twins);
   mongoc_collection_destroy(s->checkpoints);
+  mongoc_collection_destroy(s->journal);
   mongoc_client_destroy(s->client);
   bson_free(s);
 }
@@ -73,36 +82,243 @@ bool tw_store_load(tw_store_t *s, const char *const *ids, size_t n, tw_store_doc
   return ok;
 }
 
-/* True when every write error in reply is a duplicate key (the guard) and
- * there is no write concern error; counts them in *dups. */
-static bool only_dup_key_errors(const bson_t *reply, size_t *dups) {
+/* True when reply's write errors include a duplicate key (a guard hit). */
+static bool has_dup_key_error(const bson_t *reply) {
   bson_iter_t it, arr, e;
-  *dups = 0;
-  if (bson_iter_init_find(&it, reply, "writeConcernErrors") && BSON_ITER_HOLDS_ARRAY(&it)) {
-    bson_iter_recurse(&it, &arr);
-    if (bson_iter_next(&arr)) return false;
-  }
   if (!bson_iter_init_find(&it, reply, "writeErrors") || !BSON_ITER_HOLDS_ARRAY(&it)) return false;
   bson_iter_recurse(&it, &arr);
-  while (bson_iter_next(&arr)) {
-    if (!bson_iter_recurse(&arr, &e) || !bson_iter_find(&e, "code")) return false;
-    if (bson_iter_as_int64(&e) != 11000) return false;
-    (*dups)++;
-  }
-  return *dups > 0;
+  while (bson_iter_next(&arr))
+    if (bson_iter_recurse(&arr, &e) && bson_iter_find(&e, "code") && bson_iter_as_int64(&e) == 11000)
+      return true;
+  return false;
 }
 
-/* Runs bulk; a reply whose only errors are guard hits counts as success. */
-static bool run_guarded(mongoc_bulk_operation_t *bulk, size_t *stale, bson_error_t *err) {
-  bson_t reply;
-  size_t dups = 0;
-  bool ok = mongoc_bulk_operation_execute(bulk, &reply, err) != 0;
-  if (!ok && only_dup_key_errors(&reply, &dups)) {
-    ok = true;
-    memset(err, 0, sizeof *err);
+/* A guarded upsert: (filter, doc). */
+typedef struct {
+  bson_t filter, doc;
+} op_t;
+
+/* Runs ops as one unordered bulk. When a guard hit (11000) shows up, the
+ * ops are run again one at a time: MongoDB would have applied the others,
+ * but FerretDB 1.24 ignores ordered:false for updates and stops at the
+ * first error without saying which op it was. Guarded upserts are
+ * idempotent, so running them again is safe on both. */
+static bool run_guarded(mongoc_collection_t *col, op_t *ops, size_t n, size_t *stale, bson_error_t *err) {
+  bson_t opts = BSON_INITIALIZER, upsert = BSON_INITIALIZER, reply;
+  BSON_APPEND_BOOL(&opts, "ordered", false);
+  BSON_APPEND_BOOL(&upsert, "upsert", true);
+  if (stale) *stale = 0;
+  mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
+  bool ok = true;
+  for (size_t i = 0; i < n && ok; i++)
+    ok = mongoc_bulk_operation_replace_one_with_opts(bulk, &ops[i].filter, &ops[i].doc, &upsert, err);
+  if (ok) {
+    ok = mongoc_bulk_operation_execute(bulk, &reply, err) != 0;
+    bool retry_each = !ok && has_dup_key_error(&reply);
+    bson_destroy(&reply);
+    if (retry_each) {
+      ok = true;
+      for (size_t i = 0; i < n && ok; i++) {
+        bson_error_t e1;
+        bson_t r1;
+        if (mongoc_collection_replace_one(col, &ops[i].filter, &ops[i].doc, &upsert, &r1, &e1)) {
+          bson_destroy(&r1);
+          continue;
+        }
+        bson_destroy(&r1);
+        if (e1.code == 11000) {
+          if (stale) (*stale)++;
+        } else {
+          *err = e1;
+          ok = false;
+        }
+      }
+    }
   }
-  if (stale) *stale = dups;
+  mongoc_bulk_operation_destroy(bulk);
+  bson_destroy(&opts);
+  bson_destroy(&upsert);
+  return ok;
+}
+
+static op_t *ops_new(size_t n) { return bson_malloc0((n ? n : 1) * sizeof(op_t)); }
+
+static void ops_destroy(op_t *ops, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    bson_destroy(&ops[i].filter);
+    bson_destroy(&ops[i].doc);
+  }
+  bson_free(ops);
+}
+
+/* filter = {_id: id, <field>: {$lt: v}} */
+static void guard_filter(bson_t *f, const char *id, const char *field, int64_t v) {
+  bson_t lt;
+  bson_init(f);
+  BSON_APPEND_UTF8(f, "_id", id);
+  BSON_APPEND_DOCUMENT_BEGIN(f, field, &lt);
+  BSON_APPEND_INT64(&lt, "$lt", v);
+  bson_append_document_end(f, &lt);
+}
+
+/* FerretDB answers buildInfo with a ferretdbVersion field. */
+static bool detect_server(tw_store_t *s, bson_error_t *err) {
+  if (s->ferretdb >= 0) return true;
+  bson_t cmd = BSON_INITIALIZER, reply;
+  BSON_APPEND_INT32(&cmd, "buildInfo", 1);
+  bool ok = mongoc_client_command_simple(s->client, "admin", &cmd, NULL, &reply, err);
+  if (ok) {
+    bson_iter_t it;
+    s->ferretdb = bson_iter_init_find(&it, &reply, "ferretdbVersion") ? 1 : 0;
+  }
   bson_destroy(&reply);
+  bson_destroy(&cmd);
+  return ok;
+}
+
+static void append_in(bson_t *filter, const char *field, const char *const *ids, size_t n) {
+  bson_t f, in;
+  char key[16];
+  const char *kp;
+  BSON_APPEND_DOCUMENT_BEGIN(filter, field, &f);
+  BSON_APPEND_ARRAY_BEGIN(&f, "$in", &in);
+  for (size_t i = 0; i < n; i++) {
+    bson_uint32_to_string((uint32_t)i, &kp, key, sizeof key);
+    BSON_APPEND_UTF8(&in, kp, ids[i]);
+  }
+  bson_append_array_end(&f, &in);
+  bson_append_document_end(filter, &f);
+}
+
+/* Inserts docs unordered; duplicate keys are counted in *dups, anything
+ * else fails. */
+static bool insert_unordered(mongoc_collection_t *col, bson_t *const *docs, size_t n, size_t *dups,
+                             bson_error_t *err) {
+  bson_t opts = BSON_INITIALIZER, reply;
+  BSON_APPEND_BOOL(&opts, "ordered", false);
+  mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
+  for (size_t i = 0; i < n; i++) mongoc_bulk_operation_insert(bulk, docs[i]);
+  bool ok = mongoc_bulk_operation_execute(bulk, &reply, err) != 0;
+  *dups = 0;
+  if (!ok && has_dup_key_error(&reply)) {
+    bson_iter_t it, arr, e;
+    ok = true;
+    bson_iter_init_find(&it, &reply, "writeErrors");
+    bson_iter_recurse(&it, &arr);
+    while (bson_iter_next(&arr)) {
+      if (bson_iter_recurse(&arr, &e) && bson_iter_find(&e, "code") && bson_iter_as_int64(&e) == 11000)
+        (*dups)++;
+      else
+        ok = false;
+    }
+    if (!ok)
+      bson_set_error(err, MONGOC_ERROR_SERVER, 1, "insert failed with errors other than duplicate key");
+  }
+  bson_destroy(&reply);
+  bson_destroy(&opts);
+  mongoc_bulk_operation_destroy(bulk);
+  return ok;
+}
+
+/* Replaces stored snapshots by delete + insert, keeping the newer `seen`:
+ * the delete only matches stored documents older than ours, so the insert
+ * of an id whose stored document is as new or newer fails with duplicate
+ * key (counted as stale). One collection scan per batch. */
+static bool replace_by_insert(tw_store_t *s, bson_t *const *docs, size_t n, size_t *stale,
+                              bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, or ;
+  char key[16];
+  const char *kp;
+  BSON_APPEND_ARRAY_BEGIN(&filter, "$or", & or);
+  for (size_t i = 0; i < n; i++) {
+    bson_iter_t it;
+    bson_t clause, lt;
+    bson_uint32_to_string((uint32_t)i, &kp, key, sizeof key);
+    BSON_APPEND_DOCUMENT_BEGIN(& or, kp, &clause);
+    bson_iter_init_find(&it, docs[i], "_id");
+    BSON_APPEND_UTF8(&clause, "_id", bson_iter_utf8(&it, NULL));
+    bson_iter_init_find(&it, docs[i], "seen");
+    BSON_APPEND_DOCUMENT_BEGIN(&clause, "seen", &lt);
+    BSON_APPEND_INT64(&lt, "$lt", bson_iter_as_int64(&it));
+    bson_append_document_end(&clause, &lt);
+    bson_append_document_end(& or, &clause);
+  }
+  bson_append_array_end(&filter, & or);
+  int64_t t0 = tw_mono_ms();
+  bool ok = mongoc_collection_delete_many(s->twins, &filter, NULL, NULL, err);
+  bson_destroy(&filter);
+  int64_t t1 = tw_mono_ms();
+  size_t dups = 0;
+  if (ok) ok = insert_unordered(s->twins, docs, n, &dups, err);
+  TW_DEBUG("store", "delete %lld ms, insert %lld ms", (long long)(t1 - t0), (long long)(tw_mono_ms() - t1));
+  if (stale) *stale += dups;
+  return ok;
+}
+
+/* The journal keeps each batch's snapshots, in a few large documents
+ * (FerretDB's cost is per document scanned), until the batch is in
+ * `twins`, so a crash between delete and insert can be repaired
+ * (tw_store_repair) before anyone loads those twins again. */
+#define JOURNAL_CHUNK_BYTES (8u * 1024u * 1024u)
+
+static bool journaled_replace(tw_store_t *s, bson_t *const *docs, const int32_t *parts, size_t n,
+                              size_t *stale, bson_error_t *err) {
+  static _Atomic uint64_t counter;
+  char prefix[64];
+  bson_snprintf(prefix, sizeof prefix, "%llx-%d-%llu", (unsigned long long)tw_now_ms(), (int)getpid(),
+                (unsigned long long)atomic_fetch_add(&counter, 1));
+  bson_t **chunks = NULL;
+  size_t nc = 0;
+  for (size_t i = 0; i < n;) {
+    bson_t *c = bson_new(), arr, pa;
+    char id[96], key[16];
+    const char *kp;
+    bson_snprintf(id, sizeof id, "%s-%zu", prefix, nc);
+    BSON_APPEND_UTF8(c, "_id", id);
+    BSON_APPEND_ARRAY_BEGIN(c, "partitions", &pa);
+    size_t start = i, bytes = 0;
+    while (i < n && (i == start || bytes + docs[i]->len < JOURNAL_CHUNK_BYTES)) bytes += docs[i++]->len;
+    uint32_t k = 0;
+    for (size_t j = start; j < i; j++) {
+      bool seen_before = false;
+      for (size_t q = start; q < j; q++) seen_before |= parts[q] == parts[j];
+      if (seen_before) continue;
+      bson_uint32_to_string(k++, &kp, key, sizeof key);
+      BSON_APPEND_INT32(&pa, kp, parts[j]);
+    }
+    bson_append_array_end(c, &pa);
+    BSON_APPEND_ARRAY_BEGIN(c, "snapshots", &arr);
+    for (size_t j = start; j < i; j++) {
+      bson_uint32_to_string((uint32_t)(j - start), &kp, key, sizeof key);
+      BSON_APPEND_DOCUMENT(&arr, kp, docs[j]);
+    }
+    bson_append_array_end(c, &arr);
+    chunks = bson_realloc(chunks, (nc + 1) * sizeof *chunks);
+    chunks[nc++] = c;
+  }
+  size_t dups;
+  int64_t t0 = tw_mono_ms();
+  bool ok = insert_unordered(s->journal, chunks, nc, &dups, err);
+  int64_t t1 = tw_mono_ms();
+  ok = ok && replace_by_insert(s, docs, n, stale, err);
+  int64_t t2 = tw_mono_ms();
+  if (ok) {
+    const char **ids = bson_malloc0(nc * sizeof *ids);
+    for (size_t i = 0; i < nc; i++) {
+      bson_iter_t it;
+      bson_iter_init_find(&it, chunks[i], "_id");
+      ids[i] = bson_iter_utf8(&it, NULL);
+    }
+    bson_t del = BSON_INITIALIZER;
+    append_in(&del, "_id", ids, nc);
+    ok = mongoc_collection_delete_many(s->journal, &del, NULL, NULL, err);
+    bson_destroy(&del);
+    bson_free(ids);
+  }
+  TW_DEBUG("store", "journal insert %lld ms, replace %lld ms, journal delete %lld ms (%zu docs)",
+           (long long)(t1 - t0), (long long)(t2 - t1), (long long)(tw_mono_ms() - t2), n);
+  for (size_t i = 0; i < nc; i++) bson_destroy(chunks[i]);
+  bson_free(chunks);
   return ok;
 }
 
@@ -110,29 +326,85 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
                           bson_error_t *err) {
   if (stale) *stale = 0;
   if (n == 0) return true;
-  bson_t opts = BSON_INITIALIZER;
-  BSON_APPEND_BOOL(&opts, "ordered", false);
-  mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(s->twins, &opts);
-  bson_destroy(&opts);
-  bson_t upsert = BSON_INITIALIZER;
-  BSON_APPEND_BOOL(&upsert, "upsert", true);
-  bool ok = true;
-  for (size_t i = 0; i < n && ok; i++) {
-    bson_t filter = BSON_INITIALIZER, lt, doc = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", twins[i]->product_id);
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "seen", &lt);
-    BSON_APPEND_INT64(&lt, "$lt", (int64_t)twins[i]->seen);
-    bson_append_document_end(&filter, &lt);
-    tw_twin_to_bson(twins[i], now_ms, &doc);
-    ok = mongoc_bulk_operation_replace_one_with_opts(bulk, &filter, &doc, &upsert, err);
-    bson_destroy(&filter);
-    bson_destroy(&doc);
+  if (!detect_server(s, err)) return false;
+  bool ok;
+  if (s->ferretdb) {
+    /* FerretDB 1.24 scans the whole collection for every update, so a
+     * batch of upserts costs batch x collection; delete + insert costs two
+     * scans per batch. */
+    bson_t *docs = bson_malloc0(n * sizeof *docs);
+    bson_t **dp = bson_malloc0(n * sizeof *dp);
+    int32_t *parts = bson_malloc0(n * sizeof *parts);
+    for (size_t i = 0; i < n; i++) {
+      bson_init(&docs[i]);
+      tw_twin_to_bson(twins[i], now_ms, &docs[i]);
+      dp[i] = &docs[i];
+      parts[i] = twins[i]->partition;
+    }
+    ok = journaled_replace(s, dp, parts, n, stale, err);
+    for (size_t i = 0; i < n; i++) bson_destroy(&docs[i]);
+    bson_free(docs);
+    bson_free(dp);
+    bson_free(parts);
+  } else {
+    op_t *ops = ops_new(n);
+    for (size_t i = 0; i < n; i++) {
+      guard_filter(&ops[i].filter, twins[i]->product_id, "seen", (int64_t)twins[i]->seen);
+      bson_init(&ops[i].doc);
+      tw_twin_to_bson(twins[i], now_ms, &ops[i].doc);
+    }
+    ok = run_guarded(s->twins, ops, n, stale, err);
+    ops_destroy(ops, n);
   }
-  if (ok) ok = run_guarded(bulk, stale, err);
-  bson_destroy(&upsert);
-  mongoc_bulk_operation_destroy(bulk);
   return ok;
 }
+
+bool tw_store_repair(tw_store_t *s, const int32_t *partitions, size_t n_parts, size_t *repaired,
+                     bson_error_t *err) {
+  *repaired = 0;
+  if (!detect_server(s, err)) return false;
+  if (!s->ferretdb || n_parts == 0) return true;
+  bson_t filter = BSON_INITIALIZER, f, in;
+  char key[16];
+  const char *kp;
+  BSON_APPEND_DOCUMENT_BEGIN(&filter, "partitions", &f);
+  BSON_APPEND_ARRAY_BEGIN(&f, "$in", &in);
+  for (size_t i = 0; i < n_parts; i++) {
+    bson_uint32_to_string((uint32_t)i, &kp, key, sizeof key);
+    BSON_APPEND_INT32(&in, kp, partitions[i]);
+  }
+  bson_append_array_end(&f, &in);
+  bson_append_document_end(&filter, &f);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->journal, &filter, NULL, NULL);
+  const bson_t *d;
+  bool ok = true;
+  while (ok && mongoc_cursor_next(cur, &d)) {
+    bson_iter_t it, arr;
+    if (!bson_iter_init_find(&it, d, "snapshots") || !BSON_ITER_HOLDS_ARRAY(&it)) continue;
+    bson_iter_recurse(&it, &arr);
+    /* Snapshots are guarded by `seen`: applying one that is already in
+     * `twins`, or older, changes nothing. */
+    while (ok && bson_iter_next(&arr)) {
+      uint32_t len;
+      const uint8_t *data;
+      if (!BSON_ITER_HOLDS_DOCUMENT(&arr)) continue;
+      bson_iter_document(&arr, &len, &data);
+      bson_t snap;
+      bson_init_static(&snap, data, len);
+      bson_t *one = &snap;
+      size_t stale = 0;
+      ok = replace_by_insert(s, &one, 1, &stale, err);
+      if (ok && !stale) (*repaired)++;
+    }
+  }
+  if (ok) ok = !mongoc_cursor_error(cur, err);
+  mongoc_cursor_destroy(cur);
+  if (ok) ok = mongoc_collection_delete_many(s->journal, &filter, NULL, NULL, err);
+  bson_destroy(&filter);
+  return ok;
+}
+
+/* ---- Checkpoints ----------------------------------------------------------- */
 
 static void checkpoint_id(char *buf, size_t cap, const char *group, const char *topic, int32_t partition) {
   bson_snprintf(buf, cap, "%s/%s/%d", group, topic, partition);
@@ -141,34 +413,22 @@ static void checkpoint_id(char *buf, size_t cap, const char *group, const char *
 bool tw_store_write_checkpoints(tw_store_t *s, const char *group, const tw_checkpoint_t *cps, size_t n,
                                 int64_t now_ms, bson_error_t *err) {
   if (n == 0) return true;
-  bson_t opts = BSON_INITIALIZER;
-  BSON_APPEND_BOOL(&opts, "ordered", false);
-  mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(s->checkpoints, &opts);
-  bson_destroy(&opts);
-  bson_t upsert = BSON_INITIALIZER;
-  BSON_APPEND_BOOL(&upsert, "upsert", true);
-  bool ok = true;
-  for (size_t i = 0; i < n && ok; i++) {
+  op_t *ops = ops_new(n);
+  for (size_t i = 0; i < n; i++) {
     char id[512];
     checkpoint_id(id, sizeof id, group, cps[i].topic, cps[i].partition);
-    bson_t filter = BSON_INITIALIZER, lt, doc = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", id);
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "offset", &lt);
-    BSON_APPEND_INT64(&lt, "$lt", cps[i].offset);
-    bson_append_document_end(&filter, &lt);
-    BSON_APPEND_UTF8(&doc, "_id", id);
-    BSON_APPEND_UTF8(&doc, "group", group);
-    BSON_APPEND_UTF8(&doc, "topic", cps[i].topic);
-    BSON_APPEND_INT32(&doc, "partition", cps[i].partition);
-    BSON_APPEND_INT64(&doc, "offset", cps[i].offset);
-    BSON_APPEND_DATE_TIME(&doc, "updated_at", now_ms);
-    ok = mongoc_bulk_operation_replace_one_with_opts(bulk, &filter, &doc, &upsert, err);
-    bson_destroy(&filter);
-    bson_destroy(&doc);
+    guard_filter(&ops[i].filter, id, "offset", cps[i].offset);
+    bson_t *doc = &ops[i].doc;
+    bson_init(doc);
+    BSON_APPEND_UTF8(doc, "_id", id);
+    BSON_APPEND_UTF8(doc, "group", group);
+    BSON_APPEND_UTF8(doc, "topic", cps[i].topic);
+    BSON_APPEND_INT32(doc, "partition", cps[i].partition);
+    BSON_APPEND_INT64(doc, "offset", cps[i].offset);
+    BSON_APPEND_DATE_TIME(doc, "updated_at", now_ms);
   }
-  if (ok) ok = run_guarded(bulk, NULL, err);
-  bson_destroy(&upsert);
-  mongoc_bulk_operation_destroy(bulk);
+  bool ok = run_guarded(s->checkpoints, ops, n, NULL, err);
+  ops_destroy(ops, n);
   return ok;
 }
 
@@ -182,7 +442,8 @@ bool tw_store_read_checkpoint(tw_store_t *s, const char *group, const char *topi
   mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->checkpoints, &filter, NULL, NULL);
   const bson_t *doc;
   bson_iter_t it;
-  if (mongoc_cursor_next(cur, &doc) && bson_iter_init_find(&it, doc, "offset")) *offset = bson_iter_as_int64(&it);
+  if (mongoc_cursor_next(cur, &doc) && bson_iter_init_find(&it, doc, "offset"))
+    *offset = bson_iter_as_int64(&it);
   bool ok = !mongoc_cursor_error(cur, err);
   mongoc_cursor_destroy(cur);
   bson_destroy(&filter);

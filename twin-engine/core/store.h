@@ -19,13 +19,20 @@ bool tw_store_ping(tw_store_t *s, bson_error_t *err);
 
 /* Loads the snapshots of ids (one query); calls cb for each document found. */
 typedef void (*tw_store_doc_cb)(void *ud, const bson_t *doc);
-bool tw_store_load(tw_store_t *s, const char *const *ids, size_t n, tw_store_doc_cb cb, void *ud, bson_error_t *err);
+bool tw_store_load(tw_store_t *s, const char *const *ids, size_t n, tw_store_doc_cb cb, void *ud,
+                   bson_error_t *err);
 
-/* Writes the snapshots of twins in one unordered bulk of guarded upserts:
- * a stored document with the same or a newer `seen` is never replaced
- * (counted in *stale). */
+/* Writes the snapshots of twins. A stored document with the same or a newer
+ * `seen` is never replaced (counted in *stale). On MongoDB: one unordered
+ * bulk of guarded upserts. On FerretDB (which scans the collection for
+ * every update): journal, then delete + insert per batch. */
 bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int64_t now_ms, size_t *stale,
                           bson_error_t *err);
+
+/* Finishes snapshot writes that a crash interrupted, for the given input
+ * partitions (FerretDB write path only). Call before loading their twins. */
+bool tw_store_repair(tw_store_t *s, const int32_t *partitions, size_t n_parts, size_t *repaired,
+                     bson_error_t *err);
 
 typedef struct {
   const char *topic;

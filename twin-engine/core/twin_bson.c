@@ -380,25 +380,37 @@ static void read_entry(tw_twin_t *t, const bson_iter_t *it) {
       for (int i = 1; s && tw_lifecycle_kind_name(i); i++)
         if (strcmp(s, tw_lifecycle_kind_name(i)) == 0) e->kind = i;
       free(s);
-    } else if (strcmp(k, "event_time_ms") == 0) e->event_time_ms = it_i64(&in);
-    else if (strcmp(k, "source") == 0) e->source = it_str(&in);
-    else if (strcmp(k, "seq") == 0) e->seq = (uint64_t)it_i64(&in);
+    } else if (strcmp(k, "event_time_ms") == 0)
+      e->event_time_ms = it_i64(&in);
+    else if (strcmp(k, "source") == 0)
+      e->source = it_str(&in);
+    else if (strcmp(k, "seq") == 0)
+      e->seq = (uint64_t)it_i64(&in);
     else if (strcmp(k, "status") == 0) {
       char *s = it_str(&in);
       e->rejected = s && strcmp(s, "rejected") == 0;
       free(s);
-    } else if (strcmp(k, "reason") == 0) e->reason = it_str(&in);
-    else if (strcmp(k, "site") == 0) e->site = it_str(&in);
-    else if (strcmp(k, "actor") == 0) e->actor = it_str(&in);
-    else if (strcmp(k, "detail") == 0) e->detail = it_str(&in);
-    else if (strcmp(k, "work_order") == 0) e->work_order = it_str(&in);
+    } else if (strcmp(k, "reason") == 0)
+      e->reason = it_str(&in);
+    else if (strcmp(k, "site") == 0)
+      e->site = it_str(&in);
+    else if (strcmp(k, "actor") == 0)
+      e->actor = it_str(&in);
+    else if (strcmp(k, "detail") == 0)
+      e->detail = it_str(&in);
+    else if (strcmp(k, "work_order") == 0)
+      e->work_order = it_str(&in);
     else if (strcmp(k, "odometer_km") == 0) {
       e->has_odometer = true;
       e->odometer_km = it_dbl(&in);
-    } else if (strcmp(k, "parts_replaced") == 0) e->parts = read_strings(&in, &e->n_parts);
-    else if (strcmp(k, "recall_id") == 0) e->recall_id = it_str(&in);
-    else if (strcmp(k, "owner_id") == 0) e->owner_id = it_str(&in);
-    else if (strcmp(k, "model") == 0) e->model = it_str(&in);
+    } else if (strcmp(k, "parts_replaced") == 0)
+      e->parts = read_strings(&in, &e->n_parts);
+    else if (strcmp(k, "recall_id") == 0)
+      e->recall_id = it_str(&in);
+    else if (strcmp(k, "owner_id") == 0)
+      e->owner_id = it_str(&in);
+    else if (strcmp(k, "model") == 0)
+      e->model = it_str(&in);
     else if (strcmp(k, "attributes") == 0) {
       bson_iter_t a;
       if (!bson_iter_recurse(&in, &a)) continue;
@@ -470,50 +482,73 @@ tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, 
       char *s = it_str(&it);
       if (!s || !tw_stage_parse(s, &t->stage)) rd_fail(&r, "snapshot %s has an unknown stage", t->product_id);
       free(s);
-    } else if (strcmp(k, "model") == 0) t->model = it_str(&it);
-    else if (strcmp(k, "owner") == 0) t->owner = it_str(&it);
-    else if (strcmp(k, "rev") == 0) t->rev = (uint64_t)it_i64(&it);
-    else if (strcmp(k, "seen") == 0) t->seen = (uint64_t)it_i64(&it);
-    else if (strcmp(k, "quality_hold") == 0) t->quality_hold = BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
-    else if (strcmp(k, "telemetry") == 0) read_telemetry(t, &it);
+    } else if (strcmp(k, "model") == 0)
+      t->model = it_str(&it);
+    else if (strcmp(k, "owner") == 0)
+      t->owner = it_str(&it);
+    else if (strcmp(k, "rev") == 0)
+      t->rev = (uint64_t)it_i64(&it);
+    else if (strcmp(k, "seen") == 0)
+      t->seen = (uint64_t)it_i64(&it);
+    else if (strcmp(k, "quality_hold") == 0)
+      t->quality_hold = BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
+    else if (strcmp(k, "telemetry") == 0)
+      read_telemetry(t, &it);
     else if (strcmp(k, "battery_health") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) {
         const char *b = bson_iter_key(&in);
-        if (strcmp(b, "samples") == 0) t->soh_trend.n = (uint64_t)it_i64(&in);
-        else if (strcmp(b, "t0_ms") == 0) t->soh_trend.t0_ms = it_i64(&in);
-        else if (strcmp(b, "sum_t") == 0) t->soh_trend.st = it_dbl(&in);
-        else if (strcmp(b, "sum_y") == 0) t->soh_trend.sy = it_dbl(&in);
-        else if (strcmp(b, "sum_tt") == 0) t->soh_trend.stt = it_dbl(&in);
-        else if (strcmp(b, "sum_ty") == 0) t->soh_trend.sty = it_dbl(&in);
+        if (strcmp(b, "samples") == 0)
+          t->soh_trend.n = (uint64_t)it_i64(&in);
+        else if (strcmp(b, "t0_ms") == 0)
+          t->soh_trend.t0_ms = it_i64(&in);
+        else if (strcmp(b, "sum_t") == 0)
+          t->soh_trend.st = it_dbl(&in);
+        else if (strcmp(b, "sum_y") == 0)
+          t->soh_trend.sy = it_dbl(&in);
+        else if (strcmp(b, "sum_tt") == 0)
+          t->soh_trend.stt = it_dbl(&in);
+        else if (strcmp(b, "sum_ty") == 0)
+          t->soh_trend.sty = it_dbl(&in);
       }
     } else if (strcmp(k, "timeline") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) read_entry(t, &in);
     } else if (strcmp(k, "open_recalls") == 0) {
       t->open_recalls = read_strings(&it, &t->n_open_recalls);
-    } else if (strcmp(k, "last_service") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &in)) {
+    } else if (strcmp(k, "last_service") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it) &&
+               bson_iter_recurse(&it, &in)) {
       t->last_service.set = true;
       while (bson_iter_next(&in)) {
         const char *b = bson_iter_key(&in);
-        if (strcmp(b, "at_ms") == 0) t->last_service.at_ms = it_i64(&in);
+        if (strcmp(b, "at_ms") == 0)
+          t->last_service.at_ms = it_i64(&in);
         else if (strcmp(b, "odometer_km") == 0 && !BSON_ITER_HOLDS_NULL(&in)) {
           t->last_service.has_odometer = true;
           t->last_service.odometer_km = it_dbl(&in);
-        } else if (strcmp(b, "work_order") == 0) t->last_service.work_order = it_str(&in);
-        else if (strcmp(b, "site") == 0) t->last_service.site = it_str(&in);
+        } else if (strcmp(b, "work_order") == 0)
+          t->last_service.work_order = it_str(&in);
+        else if (strcmp(b, "site") == 0)
+          t->last_service.site = it_str(&in);
       }
-    } else if (strcmp(k, "last_brake_service_ms") == 0) t->last_brake_service_ms = it_i64(&it);
+    } else if (strcmp(k, "last_brake_service_ms") == 0)
+      t->last_brake_service_ms = it_i64(&it);
     else if (strcmp(k, "sources") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) read_source(t, &in, &r);
     } else if (strcmp(k, "counters") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) {
         const char *b = bson_iter_key(&in);
         uint64_t v = (uint64_t)it_i64(&in);
-        if (strcmp(b, "telemetry") == 0) t->counters.telemetry = v;
-        else if (strcmp(b, "lifecycle") == 0) t->counters.lifecycle = v;
-        else if (strcmp(b, "duplicates") == 0) t->counters.duplicates = v;
-        else if (strcmp(b, "too_late") == 0) t->counters.too_late = v;
-        else if (strcmp(b, "rejected") == 0) t->counters.rejected = v;
-        else if (strcmp(b, "stale_fields") == 0) t->counters.stale_fields = v;
+        if (strcmp(b, "telemetry") == 0)
+          t->counters.telemetry = v;
+        else if (strcmp(b, "lifecycle") == 0)
+          t->counters.lifecycle = v;
+        else if (strcmp(b, "duplicates") == 0)
+          t->counters.duplicates = v;
+        else if (strcmp(b, "too_late") == 0)
+          t->counters.too_late = v;
+        else if (strcmp(b, "rejected") == 0)
+          t->counters.rejected = v;
+        else if (strcmp(b, "stale_fields") == 0)
+          t->counters.stale_fields = v;
       }
     } else if (strcmp(k, "offsets") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) {

@@ -37,13 +37,14 @@ static bool name_ok(const char *s) {
 }
 
 static bool text_field(const char *what, const char *s, char *err, size_t cap) {
-  if (!utf8_ok(s, TEXT_MAX)) return fail(err, cap, "%s is not valid UTF-8 of at most %d bytes", what, TEXT_MAX);
+  if (!utf8_ok(s, TEXT_MAX))
+    return fail(err, cap, "%s is not valid UTF-8 of at most %d bytes", what, TEXT_MAX);
   return true;
 }
 
-#define FINITE(name, v)                                                                                  \
-  do {                                                                                                   \
-    if (!isfinite(v)) return fail(err, cap, "telemetry.%s is not a finite number", name);               \
+#define FINITE(name, v)                                                                   \
+  do {                                                                                    \
+    if (!isfinite(v)) return fail(err, cap, "telemetry.%s is not a finite number", name); \
   } while (0)
 
 static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
@@ -72,10 +73,12 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
   for (size_t i = 0; i < t->n_metrics; i++) {
     const char *k = t->metrics[i]->key;
     if (!name_ok(k))
-      return fail(err, cap,
-                  "telemetry metric name %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
-                  i, TW_NAME_MAX);
-    if (!isfinite(t->metrics[i]->value)) return fail(err, cap, "telemetry metric '%s' is not a finite number", k);
+      return fail(
+          err, cap,
+          "telemetry metric name %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')", i,
+          TW_NAME_MAX);
+    if (!isfinite(t->metrics[i]->value))
+      return fail(err, cap, "telemetry metric '%s' is not a finite number", k);
   }
   return true;
 }
@@ -83,23 +86,27 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
 static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, char *err, size_t cap) {
   if (!tw_lifecycle_kind_name((int)l->kind))
     return fail(err, cap, "lifecycle.kind %d is not a known LifecycleKind", (int)l->kind);
-  if (!text_field("lifecycle.site", l->site, err, cap) || !text_field("lifecycle.actor", l->actor, err, cap) ||
+  if (!text_field("lifecycle.site", l->site, err, cap) ||
+      !text_field("lifecycle.actor", l->actor, err, cap) ||
       !text_field("lifecycle.detail", l->detail, err, cap) ||
       !text_field("lifecycle.work_order", l->work_order, err, cap) ||
       !text_field("lifecycle.recall_id", l->recall_id, err, cap) ||
-      !text_field("lifecycle.owner_id", l->owner_id, err, cap) || !text_field("lifecycle.model", l->model, err, cap))
+      !text_field("lifecycle.owner_id", l->owner_id, err, cap) ||
+      !text_field("lifecycle.model", l->model, err, cap))
     return false;
   if (l->_odometer_km_case && !isfinite(l->odometer_km))
     return fail(err, cap, "lifecycle.odometer_km is not a finite number");
-  if (l->n_parts_replaced > LIST_MAX) return fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
+  if (l->n_parts_replaced > LIST_MAX)
+    return fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
   for (size_t i = 0; i < l->n_parts_replaced; i++)
     if (!text_field("lifecycle.parts_replaced", l->parts_replaced[i], err, cap)) return false;
   if (l->n_attributes > LIST_MAX) return fail(err, cap, "lifecycle has more than %d attributes", LIST_MAX);
   for (size_t i = 0; i < l->n_attributes; i++) {
     if (!name_ok(l->attributes[i]->key))
-      return fail(err, cap,
-                  "lifecycle attribute key %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
-                  i, TW_NAME_MAX);
+      return fail(
+          err, cap,
+          "lifecycle attribute key %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
+          i, TW_NAME_MAX);
     if (!text_field("lifecycle attribute value", l->attributes[i]->value, err, cap)) return false;
   }
   return true;
@@ -110,9 +117,11 @@ bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t
   size_t idn = strlen(env->product_id);
   if (idn == 0) return fail(err, cap, "product_id is empty");
   if (idn > TW_PRODUCT_ID_MAX) return fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
-  if (!bson_utf8_validate(env->product_id, idn, false)) return fail(err, cap, "product_id is not valid UTF-8");
+  if (!bson_utf8_validate(env->product_id, idn, false))
+    return fail(err, cap, "product_id is not valid UTF-8");
   for (size_t i = 0; i < idn; i++)
-    if ((unsigned char)env->product_id[i] < 0x20) return fail(err, cap, "product_id contains control characters");
+    if ((unsigned char)env->product_id[i] < 0x20)
+      return fail(err, cap, "product_id contains control characters");
   if (key && (key_len != idn || memcmp(key, env->product_id, idn) != 0))
     return fail(err, cap, "message key does not equal product_id");
   if (!key) return fail(err, cap, "message has no key (the key must equal product_id)");

@@ -32,7 +32,7 @@
 #include "twin/twin.h"
 #include "util.h"
 
-#define BATCH_MAX 2048
+#define BATCH_MAX 8192
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -67,7 +67,8 @@ typedef struct cmd {
 typedef struct engine engine_t;
 
 typedef struct {
-  _Atomic uint64_t consumed, applied, stale, duplicate, too_late, rejected, replayed, dlq, flushes, flushed_twins;
+  _Atomic uint64_t consumed, applied, stale, duplicate, too_late, rejected, replayed, dlq, flushes,
+      flushed_twins;
 } stats_t;
 
 typedef struct {
@@ -82,9 +83,9 @@ typedef struct {
   part_t *parts;
   size_t n_parts;
   int64_t last_flush_ms;
-  bool outage;           /* MongoDB or Kafka unavailable: partitions paused */
+  bool outage; /* MongoDB or Kafka unavailable: partitions paused */
   int64_t outage_since;
-  bool dlq_pending;      /* DLQ messages produced since the last flush */
+  bool dlq_pending; /* DLQ messages produced since the last flush */
 
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -144,7 +145,10 @@ static void mark_dirty(shard_t *s, tw_twin_t *t) {
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
   (void)rk;
-  tw_log_level_t l = level <= 3 ? TW_LOG_ERROR : level <= 4 ? TW_LOG_WARN : level <= 6 ? TW_LOG_INFO : TW_LOG_DEBUG;
+  tw_log_level_t l = level <= 3   ? TW_LOG_ERROR
+                     : level <= 4 ? TW_LOG_WARN
+                     : level <= 6 ? TW_LOG_INFO
+                                  : TW_LOG_DEBUG;
   char comp[64];
   snprintf(comp, sizeof comp, "kafka.%s", fac);
   TW_LOG(l, comp, "%s", buf);
@@ -227,10 +231,10 @@ static void dlq_send(shard_t *s, const rd_kafka_message_t *m, const char *reason
   rd_kafka_header_add(h, "twin.origin.partition", -1, part, -1);
   rd_kafka_header_add(h, "twin.origin.offset", -1, off, -1);
   for (;;) {
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        e->producer, RD_KAFKA_V_TOPIC(e->cfg->topic_dlq), RD_KAFKA_V_KEY(m->key, m->key_len),
-        RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-        RD_KAFKA_V_END);
+    rd_kafka_resp_err_t err =
+        rd_kafka_producev(e->producer, RD_KAFKA_V_TOPIC(e->cfg->topic_dlq),
+                          RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->payload, m->len),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !g_abort) {
       sleep_ms(10);
@@ -243,7 +247,8 @@ static void dlq_send(shard_t *s, const rd_kafka_message_t *m, const char *reason
   }
   s->dlq_pending = true;
   atomic_fetch_add(&s->st.dlq, 1);
-  TW_DEBUG("dlq", "%s/%d@%lld -> %s: %s", topic, m->partition, (long long)m->offset, e->cfg->topic_dlq, reason);
+  TW_DEBUG("dlq", "%s/%d@%lld -> %s: %s", topic, m->partition, (long long)m->offset, e->cfg->topic_dlq,
+           reason);
 }
 
 /* ---- Outage handling ------------------------------------------------------- */
@@ -251,7 +256,8 @@ static void dlq_send(shard_t *s, const rd_kafka_message_t *m, const char *reason
 static void set_paused(shard_t *s, bool pause) {
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts);
   for (size_t i = 0; i < s->n_parts; i++)
-    if (s->parts[i].owned) rd_kafka_topic_partition_list_add(l, s->e->topics[s->parts[i].topic_idx], s->parts[i].partition);
+    if (s->parts[i].owned)
+      rd_kafka_topic_partition_list_add(l, s->e->topics[s->parts[i].topic_idx], s->parts[i].partition);
   if (l->cnt) {
     if (pause)
       rd_kafka_pause_partitions(s->e->consumer, l);
@@ -309,7 +315,8 @@ static bool flush(shard_t *s) {
     part_t *p = &s->parts[i];
     if (p->next < 0 || p->next <= p->ckpt) continue;
     cps[nc++] = (tw_checkpoint_t){e->topics[p->topic_idx], p->partition, p->next};
-    if (p->owned) rd_kafka_topic_partition_list_add(commit, e->topics[p->topic_idx], p->partition)->offset = p->next;
+    if (p->owned)
+      rd_kafka_topic_partition_list_add(commit, e->topics[p->topic_idx], p->partition)->offset = p->next;
     if (nc == 64 || i + 1 == s->n_parts) {
       if (!tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), &err)) {
         rd_kafka_topic_partition_list_destroy(commit);
@@ -464,7 +471,9 @@ static void load_cb(void *ud, const bson_t *doc) {
   tw_map_put(&s->twins, t);
 }
 
-static int cmp_cstr(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+static int cmp_cstr(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
 
 /* Makes sure every product in the batch has its twin in memory: stored ones
  * are loaded in batches of load.batch, the rest start empty. */
@@ -492,7 +501,8 @@ static void ensure_twins(shard_t *s, pending_t *pend, size_t n) {
       }
     }
     for (size_t i = 0; i < k; i++)
-      if (!tw_map_get(&s->twins, ids[i])) tw_map_put(&s->twins, tw_twin_new(ids[i], (uint32_t)s->e->cfg->seq_window));
+      if (!tw_map_get(&s->twins, ids[i]))
+        tw_map_put(&s->twins, tw_twin_new(ids[i], (uint32_t)s->e->cfg->seq_window));
   }
   free(ids);
 }
@@ -557,13 +567,13 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
       case TW_OUT_DUPLICATE: atomic_fetch_add(&s->st.duplicate, 1); break;
       case TW_OUT_TOO_LATE:
         atomic_fetch_add(&s->st.too_late, 1);
-        TW_DEBUG("reducer", "%s: seq %llu from %s is older than the window: counted, not applied", t->product_id,
-                 (unsigned long long)pd->env->seq, pd->env->source);
+        TW_DEBUG("reducer", "%s: seq %llu from %s is older than the window: counted, not applied",
+                 t->product_id, (unsigned long long)pd->env->seq, pd->env->source);
         break;
       case TW_OUT_REJECTED:
         atomic_fetch_add(&s->st.rejected, 1);
-        TW_DEBUG("reducer", "%s: %s rejected: %s", t->product_id, tw_lifecycle_kind_name((int)pd->env->lifecycle->kind),
-                 why);
+        TW_DEBUG("reducer", "%s: %s rejected: %s", t->product_id,
+                 tw_lifecycle_kind_name((int)pd->env->lifecycle->kind), why);
         break;
       default: break;
       }
@@ -579,7 +589,7 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
 static void *shard_main(void *arg) {
   shard_t *s = arg;
   engine_t *e = s->e;
-  rd_kafka_message_t *msgs[BATCH_MAX];
+  rd_kafka_message_t **msgs = tw_xmalloc(BATCH_MAX * sizeof *msgs);
   int64_t backoff = BACKOFF_MIN_MS;
   s->last_flush_ms = tw_mono_ms();
 
@@ -610,12 +620,32 @@ static void *shard_main(void *arg) {
       flush(s);
   }
   flush_until_done(s);
+  free(msgs);
   return NULL;
 }
 
 /* ---- Rebalance ------------------------------------------------------------- */
 
 static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
+  /* Snapshot writes a crash cut short are finished before any twin of these
+   * partitions is loaded. */
+  int32_t *nums = tw_xcalloc((size_t)parts->cnt + 1, sizeof *nums);
+  size_t nn = 0;
+  for (int i = 0; i < parts->cnt; i++) {
+    bool dup = false;
+    for (size_t k = 0; k < nn; k++) dup |= nums[k] == parts->elems[i].partition;
+    if (!dup) nums[nn++] = parts->elems[i].partition;
+  }
+  size_t repaired = 0;
+  bson_error_t rerr;
+  int64_t rbackoff = BACKOFF_MIN_MS;
+  while (!tw_store_repair(e->store, nums, nn, &repaired, &rerr) && !g_abort) {
+    TW_WARN("engine", "cannot repair the snapshot journal (%s); retrying", rerr.message);
+    sleep_ms(rbackoff);
+    rbackoff = rbackoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : rbackoff * 2;
+  }
+  if (repaired) TW_INFO("engine", "finished %zu snapshot writes interrupted by a crash", repaired);
+  free(nums);
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *tp = &parts->elems[i];
     int ti = topic_index(e, tp->topic);
@@ -704,18 +734,21 @@ static bool check_topics(engine_t *e) {
   rd_kafka_metadata_destroy(md);
   for (int ti = 0; ti < 2; ti++) {
     if (counts[ti] < 0) {
-      TW_ERROR("engine", "topic %s does not exist (create it, e.g. with deploy/local/stack.sh up)", e->topics[ti]);
+      TW_ERROR("engine", "topic %s does not exist (create it, e.g. with deploy/local/stack.sh up)",
+               e->topics[ti]);
       return false;
     }
   }
   if (counts[0] != counts[1]) {
-    TW_ERROR("engine",
-             "topics are not co-partitioned: %s has %d partitions, %s has %d; a product's events must land in the "
-             "same partition number of both, so give them the same count",
-             e->topics[0], counts[0], e->topics[1], counts[1]);
+    TW_ERROR(
+        "engine",
+        "topics are not co-partitioned: %s has %d partitions, %s has %d; a product's events must land in the "
+        "same partition number of both, so give them the same count",
+        e->topics[0], counts[0], e->topics[1], counts[1]);
     return false;
   }
-  if (!dlq) TW_WARN("engine", "dead-letter topic %s does not exist; bad messages cannot be kept", e->cfg->topic_dlq);
+  if (!dlq)
+    TW_WARN("engine", "dead-letter topic %s does not exist; bad messages cannot be kept", e->cfg->topic_dlq);
   e->n_partitions = counts[0];
   return true;
 }
@@ -820,8 +853,8 @@ int tw_engine_run(const tw_config_t *cfg) {
   if (serr) {
     TW_ERROR("engine", "cannot subscribe: %s", rd_kafka_err2str(serr));
   } else {
-    TW_INFO("engine", "running: %d shards, %d partitions per topic, group %s, MongoDB database %s", e.n_shards,
-            e.n_partitions, e.group, cfg->mongo_database);
+    TW_INFO("engine", "running: %d shards, %d partitions per topic, group %s, MongoDB database %s",
+            e.n_shards, e.n_partitions, e.group, cfg->mongo_database);
     uint64_t last = 0;
     int64_t last_ms = tw_mono_ms(), last_log = last_ms;
     while (!g_stop) {
@@ -830,8 +863,9 @@ int tw_engine_run(const tw_config_t *cfg) {
         if (m->err)
           TW_WARN("engine", "consumer: %s", rd_kafka_message_errstr(m));
         else
-          TW_ERROR("engine", "message from %s[%d] reached the main queue instead of its shard; it is not lost "
-                             "(its offset is not checkpointed) but this is a bug",
+          TW_ERROR("engine",
+                   "message from %s[%d] reached the main queue instead of its shard; it is not lost "
+                   "(its offset is not checkpointed) but this is a bug",
                    rd_kafka_topic_name(m->rkt), m->partition);
         rd_kafka_message_destroy(m);
       }

@@ -13,14 +13,13 @@
 extern char **environ;
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: twin-engine run [--config FILE] [--set KEY=VALUE]...\n"
-          "       twin-engine check-config [--config FILE] [--set KEY=VALUE]...\n"
-          "       twin-engine --help-config | --version | --help\n"
-          "\n"
-          "Consumes protobuf twin.v1.Envelope events from Kafka, keeps one twin per product,\n"
-          "and persists snapshots to MongoDB. Settings come from defaults, the YAML file\n"
-          "(--config or TWIN_CONFIG), TWIN_<KEY> environment variables and --set, later wins.\n");
+  fprintf(out, "usage: twin-engine run [--config FILE] [--set KEY=VALUE]...\n"
+               "       twin-engine check-config [--config FILE] [--set KEY=VALUE]...\n"
+               "       twin-engine --help-config | --version | --help\n"
+               "\n"
+               "Consumes protobuf twin.v1.Envelope events from Kafka, keeps one twin per product,\n"
+               "and persists snapshots to MongoDB. Settings come from defaults, the YAML file\n"
+               "(--config or TWIN_CONFIG), TWIN_<KEY> environment variables and --set, later wins.\n");
 }
 
 static void on_signal(int sig) {

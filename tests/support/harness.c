@@ -1,0 +1,549 @@
+/* harness.c - see harness.h. */
+#include "harness.h"
+
+#include <fcntl.h>
+#include <librdkafka/rdkafka.h>
+#include <mongoc/mongoc.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "twin/record.h"
+#include "twin/twin.h"
+
+extern char **environ;
+
+static void kill_children(void);
+
+static const char *env_or(const char *k, const char *def) {
+  const char *v = getenv(k);
+  return v && *v ? v : def;
+}
+
+static void msleep(int ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* ---- Topics ---------------------------------------------------------------- */
+
+static rd_kafka_t *kafka_client(const h_scenario_t *s) {
+  char err[512];
+  rd_kafka_conf_t *c = rd_kafka_conf_new();
+  rd_kafka_conf_set(c, "bootstrap.servers", s->bootstrap, err, sizeof err);
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
+  if (!rk) fail_msg("kafka client: %s", err);
+  return rk;
+}
+
+static void create_topics(const h_scenario_t *s) {
+  rd_kafka_t *rk = kafka_client(s);
+  const char *names[3] = {s->telemetry, s->lifecycle, s->dlq};
+  int parts[3] = {s->partitions, s->partitions, 2};
+  rd_kafka_NewTopic_t *nt[3];
+  char err[512];
+  for (int i = 0; i < 3; i++) nt[i] = rd_kafka_NewTopic_new(names[i], parts[i], 1, err, sizeof err);
+  rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+  rd_kafka_CreateTopics(rk, nt, 3, NULL, q);
+  rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+  if (!ev) fail_msg("CreateTopics timed out");
+  const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+  size_t n;
+  const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &n);
+  for (size_t i = 0; i < n; i++)
+    if (rd_kafka_topic_result_error(tr[i]) &&
+        rd_kafka_topic_result_error(tr[i]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+      fail_msg("create topic %s: %s", rd_kafka_topic_result_name(tr[i]),
+               rd_kafka_topic_result_error_string(tr[i]));
+  rd_kafka_event_destroy(ev);
+  for (int i = 0; i < 3; i++) rd_kafka_NewTopic_destroy(nt[i]);
+  rd_kafka_queue_destroy(q);
+  /* Wait until the broker reports every partition with a leader. */
+  for (int attempt = 0; attempt < 100; attempt++) {
+    const struct rd_kafka_metadata *md;
+    int ready = 0;
+    if (rd_kafka_metadata(rk, 1, NULL, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      for (int i = 0; i < md->topic_cnt; i++)
+        for (int k = 0; k < 3; k++)
+          if (strcmp(md->topics[i].topic, names[k]) == 0 && md->topics[i].partition_cnt == parts[k]) ready++;
+      rd_kafka_metadata_destroy(md);
+    }
+    if (ready == 3) break;
+    msleep(100);
+  }
+  rd_kafka_destroy(rk);
+}
+
+void h_scenario_init(h_scenario_t *s, const char *name, int partitions) {
+  kill_children(); /* left over from a failed scenario */
+  memset(s, 0, sizeof *s);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  snprintf(s->name, sizeof s->name, "%s_%d_%ld", name, (int)getpid(), (long)(ts.tv_sec % 100000000));
+  snprintf(s->telemetry, sizeof s->telemetry, "it.%s.telemetry", s->name);
+  snprintf(s->lifecycle, sizeof s->lifecycle, "it.%s.lifecycle", s->name);
+  snprintf(s->dlq, sizeof s->dlq, "it.%s.dlq", s->name);
+  snprintf(s->group, sizeof s->group, "it-%s", s->name);
+  snprintf(s->database, sizeof s->database, "it_%s", s->name);
+  s->partitions = partitions;
+  s->bootstrap = env_or("TWIN_KAFKA_BOOTSTRAP", "127.0.0.1:9092");
+  s->mongo_uri = env_or("TWIN_MONGO_URI_TEST", "mongodb://127.0.0.1:27017");
+  s->bin_dir = env_or("TWIN_BIN_DIR", "build/bin");
+  s->source_dir = env_or("TWIN_SOURCE_DIR", ".");
+  snprintf(s->logdir, sizeof s->logdir, "/tmp/twin-it/%s", s->name);
+  mkdir("/tmp/twin-it", 0755);
+  mkdir(s->logdir, 0755);
+  snprintf(s->record, sizeof s->record, "%s/fleet.rec", s->logdir);
+  snprintf(s->truth, sizeof s->truth, "%s/fleet.truth.jsonl", s->logdir);
+  create_topics(s);
+  fprintf(stderr, "[harness] scenario %s: topics it.%s.*, database %s, logs %s\n", name, s->name, s->database,
+          s->logdir);
+}
+
+static mongoc_client_t *mongo(const h_scenario_t *s) {
+  bson_error_t err;
+  mongoc_client_t *c = mongoc_client_new(s->mongo_uri);
+  (void)err;
+  if (!c) fail_msg("bad mongo uri %s", s->mongo_uri);
+  return c;
+}
+
+void h_scenario_cleanup(h_scenario_t *s) {
+  mongoc_client_t *c = mongo(s);
+  mongoc_database_t *db = mongoc_client_get_database(c, s->database);
+  bson_error_t err;
+  if (!mongoc_database_drop(db, &err)) fprintf(stderr, "[harness] drop %s: %s\n", s->database, err.message);
+  mongoc_database_destroy(db);
+  mongoc_client_destroy(c);
+}
+
+/* ---- Processes ------------------------------------------------------------- */
+
+/* Every process a scenario started, so a failed test leaves none behind. */
+static pid_t g_children[256];
+static int g_n_children;
+
+static void kill_children(void) {
+  for (int i = 0; i < g_n_children; i++) {
+    if (g_children[i] > 0 && kill(g_children[i], 0) == 0) {
+      kill(g_children[i], SIGKILL);
+      waitpid(g_children[i], NULL, 0);
+    }
+  }
+  g_n_children = 0;
+}
+
+static pid_t spawn(const char *const *argv, const char *log) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (log) {
+    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  }
+  pid_t pid;
+  int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) fail_msg("cannot start %s: %s", argv[0], strerror(rc));
+  static bool registered;
+  if (!registered) atexit(kill_children);
+  registered = true;
+  if (g_n_children < 256) g_children[g_n_children++] = pid;
+  return pid;
+}
+
+pid_t h_sim_start(const h_scenario_t *s, const char *const *extra) {
+  const char *argv[64];
+  char bin[512];
+  int n = 0;
+  snprintf(bin, sizeof bin, "%s/twin-sim", s->bin_dir);
+  argv[n++] = bin;
+  argv[n++] = "--brokers";
+  argv[n++] = s->bootstrap;
+  argv[n++] = "--telemetry-topic";
+  argv[n++] = s->telemetry;
+  argv[n++] = "--lifecycle-topic";
+  argv[n++] = s->lifecycle;
+  argv[n++] = "--record";
+  argv[n++] = s->record;
+  argv[n++] = "--truth";
+  argv[n++] = s->truth;
+  for (; extra && *extra && n < 62; extra++) argv[n++] = *extra;
+  argv[n] = NULL;
+  char log[300];
+  snprintf(log, sizeof log, "%s/sim.log", s->logdir);
+  return spawn(argv, log);
+}
+
+void h_sim_wait(const h_scenario_t *s, pid_t pid) {
+  int st;
+  waitpid(pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("twin-sim failed (see %s/sim.log)", s->logdir);
+}
+
+void h_run_sim(const h_scenario_t *s, const char *const *extra) { h_sim_wait(s, h_sim_start(s, extra)); }
+
+pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra) {
+  static int counter = 0;
+  char bin[512], sets[12][256], log[300];
+  const char *argv[80];
+  int n = 0, k = 0;
+  snprintf(bin, sizeof bin, "%s/twin-engine", s->bin_dir);
+  argv[n++] = bin;
+  argv[n++] = "run";
+#define SET(...)                                    \
+  do {                                              \
+    snprintf(sets[k], sizeof sets[k], __VA_ARGS__); \
+    argv[n++] = "--set";                            \
+    argv[n++] = sets[k++];                          \
+  } while (0)
+  SET("kafka.bootstrap.servers=%s", s->bootstrap);
+  SET("kafka.group.id=%s", s->group);
+  SET("topics.telemetry=%s", s->telemetry);
+  SET("topics.lifecycle=%s", s->lifecycle);
+  SET("topics.dlq=%s", s->dlq);
+  SET("mongo.uri=%s", s->mongo_uri);
+  SET("mongo.database=%s", s->database);
+  SET("shards=%d", shards);
+  SET("snapshot.interval.ms=%d", 1000);
+  SET("kafka.session.timeout.ms=%d", 6000);
+#undef SET
+  for (; extra && *extra && n < 76; extra++) {
+    argv[n++] = "--set";
+    argv[n++] = *extra;
+  }
+  argv[n] = NULL;
+  snprintf(log, sizeof log, "%s/engine-%d.log", s->logdir, counter++);
+  return spawn(argv, log);
+}
+
+int h_engine_stop(pid_t pid, int sig) {
+  int st;
+  kill(pid, sig);
+  for (int i = 0; i < 1200; i++) { /* 120 s: a graceful stop flushes */
+    if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    msleep(100);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &st, 0);
+  fail_msg("engine %d did not stop within 120 s after signal %d", (int)pid, sig);
+  return -1;
+}
+
+long h_rss_kib(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kib = 0;
+  if (!f) return 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld", &kib) == 1) break;
+  fclose(f);
+  return kib;
+}
+
+int h_stack(const h_scenario_t *s, const char *cmd, const char *component) {
+  char line[1024];
+  snprintf(line, sizeof line, "bash '%s/deploy/local/stack.sh' %s %s >> '%s/stack.log' 2>&1", s->source_dir,
+           cmd, component ? component : "", s->logdir);
+  return system(line);
+}
+
+/* ---- Progress -------------------------------------------------------------- */
+
+int64_t h_end_offsets_total(const h_scenario_t *s) {
+  rd_kafka_t *rk = kafka_client(s);
+  int64_t total = 0;
+  const char *topics[2] = {s->telemetry, s->lifecycle};
+  for (int t = 0; t < 2; t++) {
+    for (int p = 0; p < s->partitions; p++) {
+      int64_t lo, hi;
+      rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, topics[t], p, &lo, &hi, 10000);
+      if (err) fail_msg("watermarks %s[%d]: %s", topics[t], p, rd_kafka_err2str(err));
+      total += hi;
+    }
+  }
+  rd_kafka_destroy(rk);
+  return total;
+}
+
+int64_t h_checkpoints_total(const h_scenario_t *s) {
+  mongoc_client_t *c = mongo(s);
+  mongoc_collection_t *col = mongoc_client_get_collection(c, s->database, "checkpoints");
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "group", s->group);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, &filter, NULL, NULL);
+  const bson_t *doc;
+  int64_t total = 0;
+  bson_iter_t it;
+  while (mongoc_cursor_next(cur, &doc))
+    if (bson_iter_init_find(&it, doc, "offset")) total += bson_iter_as_int64(&it);
+  bson_error_t err;
+  if (mongoc_cursor_error(cur, &err)) total = -1;
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(c);
+  return total;
+}
+
+bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
+  int64_t end = h_end_offsets_total(s);
+  for (int i = 0; i < timeout_s * 4; i++) {
+    if (h_checkpoints_total(s) >= end) return true;
+    msleep(250);
+  }
+  fprintf(stderr, "[harness] not caught up: checkpoints %lld of %lld\n", (long long)h_checkpoints_total(s),
+          (long long)end);
+  return false;
+}
+
+/* ---- Expected state -------------------------------------------------------- */
+
+void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *out) {
+  memset(out, 0, sizeof *out);
+  tw_map_init(&out->twins);
+  tw_record_reader_t *r;
+  char err[512];
+  if (!tw_record_reader_open(s->record, &r, err, sizeof err)) fail_msg("%s", err);
+  for (;;) {
+    tw_record_t rec;
+    bool eof;
+    if (!tw_record_reader_next(r, &rec, &eof, err, sizeof err)) fail_msg("%s", err);
+    if (eof) break;
+    if (strcmp(rec.topic, s->telemetry) != 0 && strcmp(rec.topic, s->lifecycle) != 0) continue;
+    Twin__V1__Envelope *env = twin__v1__envelope__unpack(NULL, rec.value_len, rec.value);
+    char why[512];
+    if (!env || !tw_envelope_validate(env, rec.key, rec.key_len, why, sizeof why)) {
+      out->garbage++;
+      if (env) twin__v1__envelope__free_unpacked(env, NULL);
+      continue;
+    }
+    tw_twin_t *t = tw_map_get(&out->twins, env->product_id);
+    if (!t) {
+      t = tw_twin_new(env->product_id, seq_window);
+      tw_map_put(&out->twins, t);
+    }
+    tw_reduce(t, env, NULL);
+    out->valid++;
+    twin__v1__envelope__free_unpacked(env, NULL);
+  }
+  tw_record_reader_close(r);
+}
+
+void h_expected_cleanup(h_expected_t *e) { tw_map_cleanup(&e->twins, true); }
+
+typedef void (*doc_fn)(void *ud, const bson_t *doc);
+
+static void each_twin(const h_scenario_t *s, doc_fn fn, void *ud) {
+  mongoc_client_t *c = mongo(s);
+  mongoc_collection_t *col = mongoc_client_get_collection(c, s->database, "twins");
+  bson_t filter = BSON_INITIALIZER;
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, &filter, NULL, NULL);
+  const bson_t *doc;
+  while (mongoc_cursor_next(cur, &doc)) fn(ud, doc);
+  bson_error_t err;
+  if (mongoc_cursor_error(cur, &err)) fail_msg("reading twins: %s", err.message);
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(c);
+}
+
+typedef struct {
+  const h_expected_t *e;
+  int diffs;
+  size_t docs;
+} cmp_ctx_t;
+
+static void print_twin(const char *label, const tw_twin_t *t) {
+  bson_t d = BSON_INITIALIZER;
+  tw_twin_to_bson(t, -1, &d);
+  char *json = bson_as_relaxed_extended_json(&d, NULL);
+  fprintf(stderr, "  %s: %.3000s\n", label, json);
+  bson_free(json);
+  bson_destroy(&d);
+}
+
+static void cmp_doc(void *ud, const bson_t *doc) {
+  cmp_ctx_t *c = ud;
+  char err[256];
+  c->docs++;
+  tw_twin_t *got = tw_twin_from_bson(doc, 0, err, sizeof err);
+  if (!got) {
+    c->diffs++;
+    fprintf(stderr, "[harness] unreadable twin: %s\n", err);
+    return;
+  }
+  tw_twin_t *want = tw_map_get(&c->e->twins, got->product_id);
+  if (!want) {
+    if (c->diffs++ < 3) fprintf(stderr, "[harness] unexpected twin %s\n", got->product_id);
+  } else {
+    got->seq_window = want->seq_window; /* window bits were read with the default */
+    int64_t o0 = got->offsets[0], o1 = got->offsets[1];
+    got->offsets[0] = got->offsets[1] = -1;
+    if (tw_twin_state_hash(got) != tw_twin_state_hash(want)) {
+      if (c->diffs++ < 3) {
+        fprintf(stderr, "[harness] twin %s differs\n", got->product_id);
+        print_twin("stored  ", got);
+        print_twin("expected", want);
+      }
+    }
+    (void)o0;
+    (void)o1;
+  }
+  tw_twin_destroy(got);
+}
+
+int h_compare_store(const h_scenario_t *s, const h_expected_t *e) {
+  cmp_ctx_t c = {e, 0, 0};
+  each_twin(s, cmp_doc, &c);
+  if (c.docs != e->twins.len) {
+    fprintf(stderr, "[harness] %zu twins stored, %zu expected\n", c.docs, e->twins.len);
+    c.diffs++;
+  }
+  fprintf(stderr, "[harness] compared %zu stored twins with %zu expected: %d differences\n", c.docs,
+          e->twins.len, c.diffs);
+  return c.diffs;
+}
+
+/* ---- Truth file ------------------------------------------------------------ */
+
+typedef struct {
+  tw_map_t stored;
+} truth_ctx_t;
+
+static void load_doc(void *ud, const bson_t *doc) {
+  truth_ctx_t *c = ud;
+  char err[256];
+  tw_twin_t *t = tw_twin_from_bson(doc, 0, err, sizeof err);
+  if (t) tw_map_put(&c->stored, t);
+}
+
+static const char *jstr(const bson_t *b, const char *k) {
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, b, k) && BSON_ITER_HOLDS_UTF8(&it)) return bson_iter_utf8(&it, NULL);
+  return NULL;
+}
+
+static int cmp_strp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int h_check_truth(const h_scenario_t *s) {
+  truth_ctx_t c;
+  tw_map_init(&c.stored);
+  each_twin(s, load_doc, &c);
+  FILE *f = fopen(s->truth, "r");
+  if (!f) fail_msg("cannot open %s", s->truth);
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  int diffs = 0, products = 0;
+  while ((len = getline(&line, &cap, f)) > 0) {
+    bson_error_t err;
+    bson_t *b = bson_new_from_json((const uint8_t *)line, len, &err);
+    if (!b) fail_msg("truth line: %s", err.message);
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, b, "summary")) {
+      bson_destroy(b);
+      continue;
+    }
+    products++;
+    const char *pid = jstr(b, "product_id");
+    tw_twin_t *t = pid ? tw_map_get(&c.stored, pid) : NULL;
+    char why[256] = "";
+    int64_t accepted = bson_iter_init_find(&it, b, "accepted") ? bson_iter_as_int64(&it) : -1;
+    if (!t) {
+      if (accepted > 0) snprintf(why, sizeof why, "missing");
+    } else {
+      const char *stage = jstr(b, "stage"), *owner = jstr(b, "owner");
+      if ((int64_t)t->rev != accepted)
+        snprintf(why, sizeof why, "rev %llu, truth accepted %lld", (unsigned long long)t->rev,
+                 (long long)accepted);
+      else if (stage && strcmp(stage, tw_stage_name(t->stage)) != 0)
+        snprintf(why, sizeof why, "stage %s, truth %s", tw_stage_name(t->stage), stage);
+      else if ((owner || t->owner) && (!owner || !t->owner || strcmp(owner, t->owner) != 0))
+        snprintf(why, sizeof why, "owner %s, truth %s", t->owner ? t->owner : "null", owner ? owner : "null");
+      else if (bson_iter_init_find(&it, b, "open_recalls") && BSON_ITER_HOLDS_ARRAY(&it)) {
+        bson_iter_t a;
+        char *want[256];
+        uint32_t nw = 0;
+        bson_iter_recurse(&it, &a);
+        while (bson_iter_next(&a) && nw < 256) want[nw++] = (char *)bson_iter_utf8(&a, NULL);
+        char **have = malloc((t->n_open_recalls + 1) * sizeof *have);
+        memcpy(have, t->open_recalls, t->n_open_recalls * sizeof *have);
+        qsort(have, t->n_open_recalls, sizeof *have, cmp_strp);
+        qsort(want, nw, sizeof *want, cmp_strp);
+        bool same = nw == t->n_open_recalls;
+        for (uint32_t i = 0; same && i < nw; i++) same = strcmp(want[i], have[i]) == 0;
+        free(have);
+        if (!same)
+          snprintf(why, sizeof why, "open recalls differ (%u stored, %u truth)", t->n_open_recalls, nw);
+      }
+    }
+    if (why[0] && diffs++ < 5) fprintf(stderr, "[harness] truth: %s: %s\n", pid ? pid : "?", why);
+    bson_destroy(b);
+  }
+  free(line);
+  fclose(f);
+  tw_map_cleanup(&c.stored, true);
+  fprintf(stderr, "[harness] truth file: %d products checked, %d differences\n", products, diffs);
+  if (products == 0) diffs++;
+  return diffs;
+}
+
+/* ---- DLQ ------------------------------------------------------------------- */
+
+int64_t h_count_dlq(const h_scenario_t *s, int64_t *bad_headers) {
+  char err[512], group[160];
+  rd_kafka_conf_t *c = rd_kafka_conf_new();
+  snprintf(group, sizeof group, "%s-dlq-reader", s->group);
+  rd_kafka_conf_set(c, "bootstrap.servers", s->bootstrap, err, sizeof err);
+  rd_kafka_conf_set(c, "group.id", group, err, sizeof err);
+  rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+  if (!rk) fail_msg("dlq consumer: %s", err);
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(2);
+  int64_t want = 0;
+  for (int p = 0; p < 2; p++) {
+    int64_t lo, hi;
+    rd_kafka_query_watermark_offsets(rk, s->dlq, p, &lo, &hi, 10000);
+    want += hi - lo;
+    rd_kafka_topic_partition_list_add(l, s->dlq, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(rk, l);
+  rd_kafka_topic_partition_list_destroy(l);
+  int64_t got = 0;
+  *bad_headers = 0;
+  for (int idle = 0; got < want && idle < 100;) {
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+    if (!m) {
+      idle++;
+      continue;
+    }
+    if (!m->err) {
+      got++;
+      rd_kafka_headers_t *h;
+      const void *v;
+      size_t vl;
+      bool ok = rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                rd_kafka_header_get_last(h, "twin.error", &v, &vl) == RD_KAFKA_RESP_ERR_NO_ERROR && vl > 0 &&
+                rd_kafka_header_get_last(h, "twin.origin.topic", &v, &vl) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                rd_kafka_header_get_last(h, "twin.origin.offset", &v, &vl) == RD_KAFKA_RESP_ERR_NO_ERROR;
+      if (!ok) (*bad_headers)++;
+    }
+    rd_kafka_message_destroy(m);
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+  return got;
+}

@@ -1,0 +1,77 @@
+/* harness.h - end-to-end test harness: real Kafka topics, real FerretDB
+ * databases, the real twin-sim and twin-engine binaries as processes.
+ *
+ * Each scenario gets its own topics, consumer group and database, so
+ * scenarios never see each other's data. Expected state is computed from
+ * twin-sim's record of what it sent (not from the engine's run), and also
+ * checked against twin-sim's own truth file. Functions abort the test
+ * (cmocka fail_msg) on infrastructure errors. */
+#ifndef TWIN_TEST_HARNESS_H
+#define TWIN_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "map.h"
+
+typedef struct {
+  char name[64];
+  char telemetry[96], lifecycle[96], dlq[96];
+  char group[96], database[96];
+  char logdir[200], record[300], truth[300];
+  int partitions;
+  const char *bootstrap, *mongo_uri, *bin_dir, *source_dir;
+} h_scenario_t;
+
+typedef struct {
+  tw_map_t twins;   /* expected twins */
+  uint64_t garbage; /* messages that must be in the DLQ */
+  uint64_t valid;   /* messages that reach the reducer */
+} h_expected_t;
+
+/* Creates unique topics (partitions each) and names for one scenario. */
+void h_scenario_init(h_scenario_t *s, const char *name, int partitions);
+/* Deletes the scenario's database (topics are left; they are unique). */
+void h_scenario_cleanup(h_scenario_t *s);
+
+/* Runs twin-sim with the scenario's topics, --record and --truth, plus the
+ * extra arguments (NULL-terminated). Fails the test unless it exits 0. */
+void h_run_sim(const h_scenario_t *s, const char *const *extra);
+/* The same in the background; h_sim_wait fails the test unless it exits 0. */
+pid_t h_sim_start(const h_scenario_t *s, const char *const *extra);
+void h_sim_wait(const h_scenario_t *s, pid_t pid);
+
+/* Starts twin-engine for the scenario with extra --set pairs
+ * ("key=value", NULL-terminated); its log goes to logdir/engine-<n>.log. */
+pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra);
+/* Sends sig and waits for the process; returns its exit status (-1 if
+ * killed by a signal). */
+int h_engine_stop(pid_t pid, int sig);
+/* Resident set size of pid in KiB, 0 if gone. */
+long h_rss_kib(pid_t pid);
+
+/* Sum over both input topics of the partitions' end offsets. */
+int64_t h_end_offsets_total(const h_scenario_t *s);
+/* Sum of the stored checkpoints of the scenario's group. */
+int64_t h_checkpoints_total(const h_scenario_t *s);
+/* Waits until the checkpoints cover every message (true) or timeout_s passes. */
+bool h_wait_caught_up(const h_scenario_t *s, int timeout_s);
+
+/* Replays the record through validation and the reducer. */
+void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *out);
+void h_expected_cleanup(h_expected_t *e);
+/* Compares every stored twin with the expected one (state hash, ignoring
+ * updated_at and Kafka offsets) and the count of documents; returns the
+ * number of differences, printing the first few. */
+int h_compare_store(const h_scenario_t *s, const h_expected_t *e);
+/* Checks the stored twins against twin-sim's truth file (rev, stage,
+ * owner, open recalls); returns the number of differences. */
+int h_check_truth(const h_scenario_t *s);
+/* Reads the DLQ topic to its end: number of messages; every one must carry
+ * twin.error and twin.origin.* headers (else counted in *bad_headers). */
+int64_t h_count_dlq(const h_scenario_t *s, int64_t *bad_headers);
+/* Runs deploy/local/stack.sh with args (e.g. "down", "ferretdb"). */
+int h_stack(const h_scenario_t *s, const char *cmd, const char *component);
+
+#endif
