@@ -105,7 +105,9 @@ static void test_crash_kill9(void **state) {
   int64_t end = h_end_offsets_total(&s);
   for (int round = 0; round < 5; round++) {
     pid_t e = h_engine_start(&s, 2, (const char *const[]){"snapshot.interval.ms=300", NULL});
-    int wait_ms = rnd(1500, 12000);
+    /* Kill while it consumes: after it has partitions, at a random point. */
+    assert_true(h_wait_engine_log("assigned", 90));
+    int wait_ms = rnd(200, 8000);
     msleep(wait_ms);
     fprintf(stderr, "[test] kill -9 after %d ms: checkpoints at %lld of %lld\n", wait_ms,
             (long long)h_checkpoints_total(&s), (long long)end);
@@ -162,7 +164,8 @@ static void test_determinism_restart(void **state) {
   strcat(b.group, "-b");
   strcat(b.database, "_b");
   e = h_engine_start(&b, 3, NULL);
-  int wait_ms = rnd(400, 2000);
+  assert_true(h_wait_engine_log("assigned", 90));
+  int wait_ms = rnd(200, 4000);
   msleep(wait_ms);
   h_engine_stop(e, SIGKILL);
   fprintf(stderr, "[test] run b killed after %d ms at checkpoint %lld\n", wait_ms,

@@ -193,9 +193,21 @@ void h_sim_wait(const h_scenario_t *s, pid_t pid) {
 
 void h_run_sim(const h_scenario_t *s, const char *const *extra) { h_sim_wait(s, h_sim_start(s, extra)); }
 
+static char g_last_log[320];
+
+bool h_wait_engine_log(const char *needle, int timeout_s) {
+  char cmd[800];
+  snprintf(cmd, sizeof cmd, "grep -q '%s' '%s'", needle, g_last_log);
+  for (int i = 0; i < timeout_s * 10; i++) {
+    if (system(cmd) == 0) return true;
+    msleep(100);
+  }
+  return false;
+}
+
 pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra) {
   static int counter = 0;
-  char bin[512], sets[12][256], log[300];
+  char bin[512], sets[14][256], log[300];
   const char *argv[80];
   int n = 0, k = 0;
   snprintf(bin, sizeof bin, "%s/twin-engine", s->bin_dir);
@@ -217,6 +229,7 @@ pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra
   SET("shards=%d", shards);
   SET("snapshot.interval.ms=%d", 1000);
   SET("kafka.session.timeout.ms=%d", 6000);
+  SET("kafka.max.poll.interval.ms=%d", 60000);
 #undef SET
   for (; extra && *extra && n < 76; extra++) {
     argv[n++] = "--set";
@@ -224,6 +237,7 @@ pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra
   }
   argv[n] = NULL;
   snprintf(log, sizeof log, "%s/engine-%d.log", s->logdir, counter++);
+  snprintf(g_last_log, sizeof g_last_log, "%s", log);
   return spawn(argv, log);
 }
 

@@ -375,30 +375,54 @@ bool tw_store_repair(tw_store_t *s, const int32_t *partitions, size_t n_parts, s
   }
   bson_append_array_end(&f, &in);
   bson_append_document_end(&filter, &f);
+  /* Collect the newest journaled snapshot of each product, then replace
+   * them in one batch (the writes are guarded by `seen`, so snapshots that
+   * did reach `twins`, or are older, change nothing). */
   mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->journal, &filter, NULL, NULL);
   const bson_t *d;
-  bool ok = true;
-  while (ok && mongoc_cursor_next(cur, &d)) {
+  bson_t **snaps = NULL;
+  size_t n = 0;
+  while (mongoc_cursor_next(cur, &d)) {
     bson_iter_t it, arr;
     if (!bson_iter_init_find(&it, d, "snapshots") || !BSON_ITER_HOLDS_ARRAY(&it)) continue;
     bson_iter_recurse(&it, &arr);
-    /* Snapshots are guarded by `seen`: applying one that is already in
-     * `twins`, or older, changes nothing. */
-    while (ok && bson_iter_next(&arr)) {
+    while (bson_iter_next(&arr)) {
       uint32_t len;
       const uint8_t *data;
       if (!BSON_ITER_HOLDS_DOCUMENT(&arr)) continue;
       bson_iter_document(&arr, &len, &data);
-      bson_t snap;
-      bson_init_static(&snap, data, len);
-      bson_t *one = &snap;
-      size_t stale = 0;
-      ok = replace_by_insert(s, &one, 1, &stale, err);
-      if (ok && !stale) (*repaired)++;
+      bson_t *snap = bson_new_from_data(data, len);
+      bson_iter_t fi;
+      const char *id = bson_iter_init_find(&fi, snap, "_id") ? bson_iter_utf8(&fi, NULL) : "";
+      int64_t seen = bson_iter_init_find(&fi, snap, "seen") ? bson_iter_as_int64(&fi) : 0;
+      size_t k = 0;
+      for (; k < n; k++) {
+        bson_iter_t g;
+        bson_iter_init_find(&g, snaps[k], "_id");
+        if (strcmp(bson_iter_utf8(&g, NULL), id) == 0) break;
+      }
+      if (k < n) {
+        bson_iter_t g;
+        bson_iter_init_find(&g, snaps[k], "seen");
+        if (bson_iter_as_int64(&g) >= seen) {
+          bson_destroy(snap);
+          continue;
+        }
+        bson_destroy(snaps[k]);
+        snaps[k] = snap;
+      } else {
+        snaps = bson_realloc(snaps, (n + 1) * sizeof *snaps);
+        snaps[n++] = snap;
+      }
     }
   }
-  if (ok) ok = !mongoc_cursor_error(cur, err);
+  bool ok = !mongoc_cursor_error(cur, err);
   mongoc_cursor_destroy(cur);
+  size_t stale = 0;
+  if (ok && n) ok = replace_by_insert(s, snaps, n, &stale, err);
+  if (ok) *repaired = n - stale;
+  for (size_t i = 0; i < n; i++) bson_destroy(snaps[i]);
+  bson_free(snaps);
   if (ok) ok = mongoc_collection_delete_many(s->journal, &filter, NULL, NULL, err);
   bson_destroy(&filter);
   return ok;

@@ -189,6 +189,11 @@ static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
       ok = kconf_set(kc, "partition.assignment.strategy", "cooperative-sticky", "engine");
     if (ok && !tw_config_kafka(cfg, "auto.offset.reset"))
       ok = kconf_set(kc, "auto.offset.reset", "earliest", "engine");
+    /* Also the rebalance timeout: how long the group waits for a member that
+     * died mid-rebalance. The main thread polls every 200 ms, so only a
+     * rebalance callback's flush counts against it. */
+    if (ok && !tw_config_kafka(cfg, "max.poll.interval.ms"))
+      ok = kconf_set(kc, "max.poll.interval.ms", "60000", "engine");
     if (ok && !tw_config_kafka(cfg, "queued.max.messages.kbytes"))
       ok = kconf_set(kc, "queued.max.messages.kbytes", "16384", "engine");
   } else if (ok) {
