@@ -171,6 +171,7 @@ typedef struct tw_twin {
   int64_t offsets[2];
   int32_t partition; /* the input partition this product lives in, -1 = unknown */
   bool dirty;        /* changed since the last acknowledged snapshot */
+  bool stored;       /* a snapshot of it is known to be in MongoDB (loaded or written) */
 } tw_twin_t;
 
 enum { TW_TOPIC_TELEMETRY = 0, TW_TOPIC_LIFECYCLE = 1 };

@@ -322,6 +322,56 @@ static bool journaled_replace(tw_store_t *s, bson_t *const *docs, const int32_t 
   return ok;
 }
 
+/* Inserts docs unordered; the ones whose id is taken are appended to
+ * old/parts (to be replaced instead). */
+static bool insert_unordered_collect(mongoc_collection_t *col, bson_t **docs, size_t n, bson_t **old,
+                                     int32_t *parts, tw_twin_t *const *twins, size_t n_twins, size_t *no,
+                                     size_t *dups, bson_error_t *err) {
+  bson_t opts = BSON_INITIALIZER, reply;
+  BSON_APPEND_BOOL(&opts, "ordered", false);
+  mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
+  for (size_t i = 0; i < n; i++) mongoc_bulk_operation_insert(bulk, docs[i]);
+  bool ok = mongoc_bulk_operation_execute(bulk, &reply, err) != 0;
+  *dups = 0;
+  if (!ok && has_dup_key_error(&reply)) {
+    bson_iter_t it, arr, e;
+    ok = true;
+    bson_iter_init_find(&it, &reply, "writeErrors");
+    bson_iter_recurse(&it, &arr);
+    while (bson_iter_next(&arr)) {
+      int64_t code = -1, index = -1;
+      if (bson_iter_recurse(&arr, &e))
+        while (bson_iter_next(&e)) {
+          if (strcmp(bson_iter_key(&e), "code") == 0) code = bson_iter_as_int64(&e);
+          if (strcmp(bson_iter_key(&e), "index") == 0) index = bson_iter_as_int64(&e);
+        }
+      if (code != 11000 || index < 0 || (size_t)index >= n) {
+        ok = false;
+        continue;
+      }
+      (*dups)++;
+      /* Find the twin of this document for its partition. */
+      bson_iter_t idi;
+      bson_iter_init_find(&idi, docs[index], "_id");
+      const char *id = bson_iter_utf8(&idi, NULL);
+      int32_t part = -1;
+      for (size_t k = 0; k < n_twins; k++)
+        if (strcmp(twins[k]->product_id, id) == 0) {
+          part = twins[k]->partition;
+          break;
+        }
+      parts[*no] = part;
+      old[(*no)++] = docs[index];
+    }
+    if (!ok)
+      bson_set_error(err, MONGOC_ERROR_SERVER, 1, "insert failed with errors other than duplicate key");
+  }
+  bson_destroy(&reply);
+  bson_destroy(&opts);
+  mongoc_bulk_operation_destroy(bulk);
+  return ok;
+}
+
 bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int64_t now_ms, size_t *stale,
                           bson_error_t *err) {
   if (stale) *stale = 0;
@@ -330,21 +380,30 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
   bool ok;
   if (s->ferretdb) {
     /* FerretDB 1.24 scans the whole collection for every update, so a
-     * batch of upserts costs batch x collection; delete + insert costs two
-     * scans per batch. */
+     * batch of upserts costs batch x collection. Twins never stored yet are
+     * inserted; the others (and any insert that finds its id taken) are
+     * replaced by journal + guarded delete + insert: two scans per batch. */
     bson_t *docs = bson_malloc0(n * sizeof *docs);
-    bson_t **dp = bson_malloc0(n * sizeof *dp);
+    bson_t **fresh = bson_malloc0(n * sizeof *fresh), **old = bson_malloc0(n * sizeof *old);
     int32_t *parts = bson_malloc0(n * sizeof *parts);
+    size_t nf = 0, no = 0;
     for (size_t i = 0; i < n; i++) {
       bson_init(&docs[i]);
       tw_twin_to_bson(twins[i], now_ms, &docs[i]);
-      dp[i] = &docs[i];
-      parts[i] = twins[i]->partition;
+      if (twins[i]->stored) {
+        parts[no] = twins[i]->partition;
+        old[no++] = &docs[i];
+      } else {
+        fresh[nf++] = &docs[i];
+      }
     }
-    ok = journaled_replace(s, dp, parts, n, stale, err);
+    size_t dups = 0;
+    ok = nf == 0 || insert_unordered_collect(s->twins, fresh, nf, old, parts, twins, n, &no, &dups, err);
+    if (ok && no) ok = journaled_replace(s, old, parts, no, stale, err);
     for (size_t i = 0; i < n; i++) bson_destroy(&docs[i]);
     bson_free(docs);
-    bson_free(dp);
+    bson_free(fresh);
+    bson_free(old);
     bson_free(parts);
   } else {
     op_t *ops = ops_new(n);

@@ -561,6 +561,7 @@ tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, 
     tw_twin_destroy(t);
     return NULL;
   }
+  t->stored = true;
   return t;
 }
 

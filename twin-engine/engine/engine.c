@@ -302,7 +302,10 @@ static bool flush(shard_t *s) {
       return false;
     }
     if (stale) TW_DEBUG("shard", "shard %d: %zu snapshots already newer in MongoDB", s->id, stale);
-    for (size_t i = 0; i < n; i++) s->dirty[i]->dirty = false;
+    for (size_t i = 0; i < n; i++) {
+      s->dirty[i]->dirty = false;
+      s->dirty[i]->stored = true;
+    }
     s->n_dirty = 0;
   }
   if (s->dlq_pending) {
