@@ -878,7 +878,7 @@ int tw_engine_run(const tw_config_t *cfg) {
         rd_kafka_message_destroy(m);
       }
       rd_kafka_poll(e.producer, 0);
-      if (tw_mono_ms() - last_log >= 10000) {
+      if (tw_mono_ms() - last_log >= 5000) {
         log_stats(&e, &last, &last_ms, false);
         last_log = tw_mono_ms();
       }
