@@ -60,19 +60,12 @@ bool tw_store_ping(tw_store_t *s, bson_error_t *err) {
   return ok;
 }
 
+static void append_in(bson_t *filter, const char *field, const char *const *ids, size_t n);
+
 bool tw_store_load(tw_store_t *s, const char *const *ids, size_t n, tw_store_doc_cb cb, void *ud,
                    bson_error_t *err) {
-  bson_t filter = BSON_INITIALIZER, id, in;
-  char key[16];
-  const char *kp;
-  BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
-  BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
-  for (size_t i = 0; i < n; i++) {
-    bson_uint32_to_string((uint32_t)i, &kp, key, sizeof key);
-    BSON_APPEND_UTF8(&in, kp, ids[i]);
-  }
-  bson_append_array_end(&id, &in);
-  bson_append_document_end(&filter, &id);
+  bson_t filter = BSON_INITIALIZER;
+  append_in(&filter, "_id", ids, n);
   mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->twins, &filter, NULL, NULL);
   const bson_t *doc;
   while (mongoc_cursor_next(cur, &doc)) cb(ud, doc);
@@ -190,10 +183,11 @@ static void append_in(bson_t *filter, const char *field, const char *const *ids,
   bson_append_document_end(filter, &f);
 }
 
-/* Inserts docs unordered; duplicate keys are counted in *dups, anything
- * else fails. */
-static bool insert_unordered(mongoc_collection_t *col, bson_t *const *docs, size_t n, size_t *dups,
-                             bson_error_t *err) {
+/* Inserts docs unordered. Duplicate keys are not failures: their indexes
+ * into docs go to dup_idx (when not NULL, room for n) and their count to
+ * *dups; any other write error fails. */
+static bool insert_unordered(mongoc_collection_t *col, bson_t *const *docs, size_t n, size_t *dup_idx,
+                             size_t *dups, bson_error_t *err) {
   bson_t opts = BSON_INITIALIZER, reply;
   BSON_APPEND_BOOL(&opts, "ordered", false);
   mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
@@ -206,10 +200,18 @@ static bool insert_unordered(mongoc_collection_t *col, bson_t *const *docs, size
     bson_iter_init_find(&it, &reply, "writeErrors");
     bson_iter_recurse(&it, &arr);
     while (bson_iter_next(&arr)) {
-      if (bson_iter_recurse(&arr, &e) && bson_iter_find(&e, "code") && bson_iter_as_int64(&e) == 11000)
-        (*dups)++;
-      else
+      int64_t code = -1, index = -1;
+      if (bson_iter_recurse(&arr, &e))
+        while (bson_iter_next(&e)) {
+          if (strcmp(bson_iter_key(&e), "code") == 0) code = bson_iter_as_int64(&e);
+          if (strcmp(bson_iter_key(&e), "index") == 0) index = bson_iter_as_int64(&e);
+        }
+      if (code != 11000 || index < 0 || (size_t)index >= n) {
         ok = false;
+        continue;
+      }
+      if (dup_idx) dup_idx[*dups] = (size_t)index;
+      (*dups)++;
     }
     if (!ok)
       bson_set_error(err, MONGOC_ERROR_SERVER, 1, "insert failed with errors other than duplicate key");
@@ -249,7 +251,7 @@ static bool replace_by_insert(tw_store_t *s, bson_t *const *docs, size_t n, size
   bson_destroy(&filter);
   int64_t t1 = tw_mono_ms();
   size_t dups = 0;
-  if (ok) ok = insert_unordered(s->twins, docs, n, &dups, err);
+  if (ok) ok = insert_unordered(s->twins, docs, n, NULL, &dups, err);
   TW_DEBUG("store", "delete %lld ms, insert %lld ms", (long long)(t1 - t0), (long long)(tw_mono_ms() - t1));
   if (stale) *stale += dups;
   return ok;
@@ -298,7 +300,7 @@ static bool journaled_replace(tw_store_t *s, bson_t *const *docs, const int32_t 
   }
   size_t dups;
   int64_t t0 = tw_mono_ms();
-  bool ok = insert_unordered(s->journal, chunks, nc, &dups, err);
+  bool ok = insert_unordered(s->journal, chunks, nc, NULL, &dups, err);
   int64_t t1 = tw_mono_ms();
   ok = ok && replace_by_insert(s, docs, n, stale, err);
   int64_t t2 = tw_mono_ms();
@@ -322,56 +324,6 @@ static bool journaled_replace(tw_store_t *s, bson_t *const *docs, const int32_t 
   return ok;
 }
 
-/* Inserts docs unordered; the ones whose id is taken are appended to
- * old/parts (to be replaced instead). */
-static bool insert_unordered_collect(mongoc_collection_t *col, bson_t **docs, size_t n, bson_t **old,
-                                     int32_t *parts, tw_twin_t *const *twins, size_t n_twins, size_t *no,
-                                     size_t *dups, bson_error_t *err) {
-  bson_t opts = BSON_INITIALIZER, reply;
-  BSON_APPEND_BOOL(&opts, "ordered", false);
-  mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
-  for (size_t i = 0; i < n; i++) mongoc_bulk_operation_insert(bulk, docs[i]);
-  bool ok = mongoc_bulk_operation_execute(bulk, &reply, err) != 0;
-  *dups = 0;
-  if (!ok && has_dup_key_error(&reply)) {
-    bson_iter_t it, arr, e;
-    ok = true;
-    bson_iter_init_find(&it, &reply, "writeErrors");
-    bson_iter_recurse(&it, &arr);
-    while (bson_iter_next(&arr)) {
-      int64_t code = -1, index = -1;
-      if (bson_iter_recurse(&arr, &e))
-        while (bson_iter_next(&e)) {
-          if (strcmp(bson_iter_key(&e), "code") == 0) code = bson_iter_as_int64(&e);
-          if (strcmp(bson_iter_key(&e), "index") == 0) index = bson_iter_as_int64(&e);
-        }
-      if (code != 11000 || index < 0 || (size_t)index >= n) {
-        ok = false;
-        continue;
-      }
-      (*dups)++;
-      /* Find the twin of this document for its partition. */
-      bson_iter_t idi;
-      bson_iter_init_find(&idi, docs[index], "_id");
-      const char *id = bson_iter_utf8(&idi, NULL);
-      int32_t part = -1;
-      for (size_t k = 0; k < n_twins; k++)
-        if (strcmp(twins[k]->product_id, id) == 0) {
-          part = twins[k]->partition;
-          break;
-        }
-      parts[*no] = part;
-      old[(*no)++] = docs[index];
-    }
-    if (!ok)
-      bson_set_error(err, MONGOC_ERROR_SERVER, 1, "insert failed with errors other than duplicate key");
-  }
-  bson_destroy(&reply);
-  bson_destroy(&opts);
-  mongoc_bulk_operation_destroy(bulk);
-  return ok;
-}
-
 bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int64_t now_ms, size_t *stale,
                           bson_error_t *err) {
   if (stale) *stale = 0;
@@ -385,8 +337,9 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
      * replaced by journal + guarded delete + insert: two scans per batch. */
     bson_t *docs = bson_malloc0(n * sizeof *docs);
     bson_t **fresh = bson_malloc0(n * sizeof *fresh), **old = bson_malloc0(n * sizeof *old);
-    int32_t *parts = bson_malloc0(n * sizeof *parts);
-    size_t nf = 0, no = 0;
+    int32_t *fresh_parts = bson_malloc0(n * sizeof *fresh_parts), *parts = bson_malloc0(n * sizeof *parts);
+    size_t *dup_idx = bson_malloc0(n * sizeof *dup_idx);
+    size_t nf = 0, no = 0, dups = 0;
     for (size_t i = 0; i < n; i++) {
       bson_init(&docs[i]);
       tw_twin_to_bson(twins[i], now_ms, &docs[i]);
@@ -394,12 +347,18 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
         parts[no] = twins[i]->partition;
         old[no++] = &docs[i];
       } else {
+        fresh_parts[nf] = twins[i]->partition;
         fresh[nf++] = &docs[i];
       }
     }
-    size_t dups = 0;
-    ok = nf == 0 || insert_unordered_collect(s->twins, fresh, nf, old, parts, twins, n, &no, &dups, err);
+    ok = nf == 0 || insert_unordered(s->twins, fresh, nf, dup_idx, &dups, err);
+    for (size_t i = 0; ok && i < dups; i++) { /* taken meanwhile: replace instead */
+      parts[no] = fresh_parts[dup_idx[i]];
+      old[no++] = fresh[dup_idx[i]];
+    }
     if (ok && no) ok = journaled_replace(s, old, parts, no, stale, err);
+    bson_free(dup_idx);
+    bson_free(fresh_parts);
     for (size_t i = 0; i < n; i++) bson_destroy(&docs[i]);
     bson_free(docs);
     bson_free(fresh);
