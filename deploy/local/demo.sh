@@ -62,18 +62,20 @@ grep -E "\[stats\] final" "$LOGS/engine.log" | sed 's/.*\[stats\] final /engine 
 
 echo "== 5/5 twins in MongoDB (database twin, collection twins)"
 show() { # show TITLE twinctl-args...
-  local title=$1
+  local title=$1 json
   shift
   echo "-- $title"
-  "$BIN/twinctl" list "$@" --limit 1 |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    d = json.loads(line)
-    t = d.get("telemetry", {})
-    print(json.dumps({k: d.get(k) for k in ("_id", "stage", "model", "owner", "rev", "open_recalls",
-        "min_brake_pad_mm", "active_dtcs", "last_service", "counters")}, indent=1))
-    print(" timeline:", ", ".join(e["kind"] + ("(REJECTED: " + e["reason"] + ")" if e["status"] == "rejected" else "") for e in d.get("timeline", [])))' ||
+  json=$("$BIN/twinctl" list "$@" --limit 1)
+  if [[ -z $json ]]; then
     echo "   (none in this fleet)"
+    return
+  fi
+  python3 -c 'import json,sys
+d = json.loads(sys.stdin.read())
+print(json.dumps({k: d.get(k) for k in ("_id", "stage", "model", "owner", "rev", "open_recalls",
+    "min_brake_pad_mm", "active_dtcs", "last_service", "counters")}, indent=1))
+print(" timeline:", ", ".join(e["kind"] + ("(REJECTED: " + e["reason"] + ")" if e["status"] == "rejected" else "")
+                              for e in d.get("timeline", [])))' <<<"$json"
 }
 show "one in production" --stage IN_PRODUCTION
 show "one in service with brake pads below 3 mm (alert-worthy)" --stage IN_SERVICE --brake-below 3

@@ -63,6 +63,16 @@ static void test_exact_state(void **state) {
            "/usr/bin/python3 %s/tests/tools/validate_schema.py %s/schemas/twin.schema.json %s/twins.jsonl",
            s.bin_dir, s.database, s.logdir, s.source_dir, s.source_dir, s.logdir);
   assert_int_equal(system(cmd), 0);
+
+  /* twinctl get: the stored twin as JSON; an unknown id exits 1. */
+  snprintf(cmd, sizeof cmd,
+           "id=$(head -1 %s/twins.jsonl | sed 's/^{ \"_id\" : \"\\([^\"]*\\)\".*/\\1/') && "
+           "%s/twinctl --database %s get \"$id\" | grep -q \"\\\"_id\\\" : \\\"$id\\\"\"",
+           s.logdir, s.bin_dir, s.database);
+  assert_int_equal(system(cmd), 0);
+  snprintf(cmd, sizeof cmd, "%s/twinctl --database %s get NO-SUCH-VIN >/dev/null 2>&1; test $? -eq 1",
+           s.bin_dir, s.database);
+  assert_int_equal(system(cmd), 0);
   h_scenario_cleanup(&s);
 }
 
