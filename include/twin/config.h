@@ -20,7 +20,7 @@ typedef struct {
 } tw_kv_pair_t;
 
 typedef struct tw_config {
-  char *topic_telemetry, *topic_lifecycle, *topic_alerts, *topic_dlq;
+  char *topic_telemetry, *topic_lifecycle, *topic_dlq;
   char *mongo_uri, *mongo_database;
   int64_t shards;
   int64_t snapshot_interval_ms;
@@ -29,7 +29,6 @@ typedef struct tw_config {
   int64_t message_max_bytes;
   int64_t load_batch;
   char *log_level, *log_format;
-  char *http_listen;
   tw_kv_pair_t *kafka; /* passthrough, in the order set; later entries win */
   size_t n_kafka;
 } tw_config_t;

@@ -33,7 +33,6 @@ static const setting_t SETTINGS[] = {
     {"topics.telemetry", T_STR, F(topic_telemetry), "twin.telemetry", 0, 0, NULL, "Telemetry input topic"},
     {"topics.lifecycle", T_STR, F(topic_lifecycle), "twin.lifecycle", 0, 0, NULL,
      "Lifecycle input topic; must have as many partitions as topics.telemetry"},
-    {"topics.alerts", T_STR, F(topic_alerts), "twin.alerts", 0, 0, NULL, "Maintenance alerts output topic"},
     {"topics.dlq", T_STR, F(topic_dlq), "twin.dlq", 0, 0, NULL,
      "Dead-letter topic: undecodable or invalid messages, with the reason in headers"},
     {"mongo.uri", T_STR, F(mongo_uri), "mongodb://127.0.0.1:27017", 0, 0, NULL,
@@ -54,7 +53,6 @@ static const setting_t SETTINGS[] = {
      "Twins loaded from MongoDB per query when their products first appear"},
     {"log.level", T_ENUM, F(log_level), "info", 0, 0, "debug|info|warn|error", "Log level"},
     {"log.format", T_ENUM, F(log_format), "text", 0, 0, "text|json", "Log line format"},
-    {"http.listen", T_STR, F(http_listen), "127.0.0.1:8080", 0, 0, NULL, "HTTP API address (host:port)"},
 };
 #define N_SETTINGS (sizeof SETTINGS / sizeof SETTINGS[0])
 
@@ -184,11 +182,6 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
                 c->topic_telemetry);
   if (strcmp(c->topic_dlq, c->topic_telemetry) == 0 || strcmp(c->topic_dlq, c->topic_lifecycle) == 0)
     return fail(err, cap, "topics.dlq must not be an input topic ('%s')", c->topic_dlq);
-  const char *colon = strrchr(c->http_listen, ':');
-  int64_t port;
-  if (!colon || colon == c->http_listen || !parse_int(colon + 1, &port) || port < 0 || port > 65535)
-    return fail(err, cap, "http.listen = '%s' is not allowed: expected host:port, e.g. 127.0.0.1:8080",
-                c->http_listen);
   if (strncmp(c->mongo_uri, "mongodb://", 10) != 0 && strncmp(c->mongo_uri, "mongodb+srv://", 14) != 0)
     return fail(err, cap, "mongo.uri = '%s' is not allowed: expected mongodb://... or mongodb+srv://...",
                 c->mongo_uri);
