@@ -98,7 +98,7 @@ void h_scenario_init(h_scenario_t *s, const char *name, int partitions) {
   snprintf(s->database, sizeof s->database, "it_%s", s->name);
   s->partitions = partitions;
   s->bootstrap = env_or("TWIN_KAFKA_BOOTSTRAP", "127.0.0.1:9092");
-  s->mongo_uri = env_or("TWIN_MONGO_URI_TEST", "mongodb://127.0.0.1:27017");
+  s->mongo_uri = env_or("TWIN_MONGO_URI", "mongodb://127.0.0.1:27017");
   s->bin_dir = env_or("TWIN_BIN_DIR", "build/bin");
   s->source_dir = env_or("TWIN_SOURCE_DIR", ".");
   snprintf(s->logdir, sizeof s->logdir, "/tmp/twin-it/%s", s->name);
@@ -494,7 +494,7 @@ int h_check_truth(const h_scenario_t *s) {
         bson_iter_recurse(&it, &a);
         while (bson_iter_next(&a) && nw < 256) want[nw++] = (char *)bson_iter_utf8(&a, NULL);
         char **have = malloc((t->n_open_recalls + 1) * sizeof *have);
-        memcpy(have, t->open_recalls, t->n_open_recalls * sizeof *have);
+        if (t->n_open_recalls) memcpy(have, t->open_recalls, t->n_open_recalls * sizeof *have);
         qsort(have, t->n_open_recalls, sizeof *have, cmp_strp);
         qsort(want, nw, sizeof *want, cmp_strp);
         bool same = nw == t->n_open_recalls;

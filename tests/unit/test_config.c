@@ -101,6 +101,13 @@ static void test_errors_name_key_and_allowed(void **state) {
   tw_config_cleanup(&c);
 
   tw_config_init(&c);
+  assert_true(tw_config_set(&c, "kafka.partition.assignment.strategy", "cooperative-sticky", "--set", err,
+                            sizeof err));
+  assert_false(tw_config_validate(&c, err, sizeof err));
+  assert_non_null(strstr(err, "expected range"));
+  tw_config_cleanup(&c);
+
+  tw_config_init(&c);
   assert_true(tw_config_set(&c, "kafka.enable.auto.commit", "true", "--set", err, sizeof err));
   assert_false(tw_config_validate(&c, err, sizeof err));
   assert_non_null(strstr(err, "enable.auto.commit"));

@@ -185,6 +185,14 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
   if (strncmp(c->mongo_uri, "mongodb://", 10) != 0 && strncmp(c->mongo_uri, "mongodb+srv://", 14) != 0)
     return fail(err, cap, "mongo.uri = '%s' is not allowed: expected mongodb://... or mongodb+srv://...",
                 c->mongo_uri);
+  const char *strategy = tw_config_kafka(c, "partition.assignment.strategy");
+  if (strategy && strcmp(strategy, "range") != 0)
+    return fail(
+        err, cap,
+        "kafka.partition.assignment.strategy = '%s' is not allowed: expected range. Only range gives "
+        "partition p of both input topics to the same instance; other assignors can split a product's "
+        "telemetry and lifecycle events between two instances, which would both write its twin",
+        strategy);
   const char *mode = tw_config_kafka(c, "enable.auto.commit");
   if (mode && strcmp(mode, "false") != 0)
     return fail(err, cap,
@@ -285,9 +293,10 @@ bool tw_config_load_env(tw_config_t *c, char *const *envp, char *err, size_t cap
     for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)e[5 + i]);
     name[n] = '\0';
     /* Variables of the local stack, the tests and the tools, not settings. */
-    static const char *ignored[] = {"source_dir",      "bin_dir",        "stack_dir",
-                                    "kafka_port",      "mongo_port",     "partitions",
-                                    "kafka_bootstrap", "mongo_uri_test", "config"};
+    static const char *ignored[] = {
+        "source_dir",      "bin_dir",    "stack_dir",      "kafka_port",    "kafka_controller_port",
+        "mongo_port",      "partitions", "dlq_partitions", "stack_timeout", "skip_sanitizers",
+        "kafka_bootstrap", "config"};
     bool skip = false;
     for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++)
       if (strcmp(name, ignored[i]) == 0) skip = true;

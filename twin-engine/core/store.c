@@ -88,7 +88,7 @@ static bool has_dup_key_error(const bson_t *reply) {
 
 /* A guarded upsert: (filter, doc). */
 typedef struct {
-  bson_t filter, doc;
+  bson_t *filter, *doc; /* heap: bson_t wants 128-byte alignment, arrays of it don't get it */
 } op_t;
 
 /* Runs ops as one unordered bulk. When a guard hit (11000) shows up, the
@@ -104,7 +104,7 @@ static bool run_guarded(mongoc_collection_t *col, op_t *ops, size_t n, size_t *s
   mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
   bool ok = true;
   for (size_t i = 0; i < n && ok; i++)
-    ok = mongoc_bulk_operation_replace_one_with_opts(bulk, &ops[i].filter, &ops[i].doc, &upsert, err);
+    ok = mongoc_bulk_operation_replace_one_with_opts(bulk, ops[i].filter, ops[i].doc, &upsert, err);
   if (ok) {
     ok = mongoc_bulk_operation_execute(bulk, &reply, err) != 0;
     bool retry_each = !ok && has_dup_key_error(&reply);
@@ -114,7 +114,7 @@ static bool run_guarded(mongoc_collection_t *col, op_t *ops, size_t n, size_t *s
       for (size_t i = 0; i < n && ok; i++) {
         bson_error_t e1;
         bson_t r1;
-        if (mongoc_collection_replace_one(col, &ops[i].filter, &ops[i].doc, &upsert, &r1, &e1)) {
+        if (mongoc_collection_replace_one(col, ops[i].filter, ops[i].doc, &upsert, &r1, &e1)) {
           bson_destroy(&r1);
           continue;
         }
@@ -134,12 +134,19 @@ static bool run_guarded(mongoc_collection_t *col, op_t *ops, size_t n, size_t *s
   return ok;
 }
 
-static op_t *ops_new(size_t n) { return bson_malloc0((n ? n : 1) * sizeof(op_t)); }
+static op_t *ops_new(size_t n) {
+  op_t *ops = bson_malloc0((n ? n : 1) * sizeof(op_t));
+  for (size_t i = 0; i < n; i++) {
+    ops[i].filter = bson_new();
+    ops[i].doc = bson_new();
+  }
+  return ops;
+}
 
 static void ops_destroy(op_t *ops, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    bson_destroy(&ops[i].filter);
-    bson_destroy(&ops[i].doc);
+    bson_destroy(ops[i].filter);
+    bson_destroy(ops[i].doc);
   }
   bson_free(ops);
 }
@@ -147,7 +154,6 @@ static void ops_destroy(op_t *ops, size_t n) {
 /* filter = {_id: id, <field>: {$lt: v}} */
 static void guard_filter(bson_t *f, const char *id, const char *field, int64_t v) {
   bson_t lt;
-  bson_init(f);
   BSON_APPEND_UTF8(f, "_id", id);
   BSON_APPEND_DOCUMENT_BEGIN(f, field, &lt);
   BSON_APPEND_INT64(&lt, "$lt", v);
@@ -335,20 +341,20 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
      * batch of upserts costs batch x collection. Twins never stored yet are
      * inserted; the others (and any insert that finds its id taken) are
      * replaced by journal + guarded delete + insert: two scans per batch. */
-    bson_t *docs = bson_malloc0(n * sizeof *docs);
+    bson_t **docs = bson_malloc0(n * sizeof *docs);
     bson_t **fresh = bson_malloc0(n * sizeof *fresh), **old = bson_malloc0(n * sizeof *old);
     int32_t *fresh_parts = bson_malloc0(n * sizeof *fresh_parts), *parts = bson_malloc0(n * sizeof *parts);
     size_t *dup_idx = bson_malloc0(n * sizeof *dup_idx);
     size_t nf = 0, no = 0, dups = 0;
     for (size_t i = 0; i < n; i++) {
-      bson_init(&docs[i]);
-      tw_twin_to_bson(twins[i], now_ms, &docs[i]);
+      docs[i] = bson_new();
+      tw_twin_to_bson(twins[i], now_ms, docs[i]);
       if (twins[i]->stored) {
         parts[no] = twins[i]->partition;
-        old[no++] = &docs[i];
+        old[no++] = docs[i];
       } else {
         fresh_parts[nf] = twins[i]->partition;
-        fresh[nf++] = &docs[i];
+        fresh[nf++] = docs[i];
       }
     }
     ok = nf == 0 || insert_unordered(s->twins, fresh, nf, dup_idx, &dups, err);
@@ -359,7 +365,7 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
     if (ok && no) ok = journaled_replace(s, old, parts, no, stale, err);
     bson_free(dup_idx);
     bson_free(fresh_parts);
-    for (size_t i = 0; i < n; i++) bson_destroy(&docs[i]);
+    for (size_t i = 0; i < n; i++) bson_destroy(docs[i]);
     bson_free(docs);
     bson_free(fresh);
     bson_free(old);
@@ -367,9 +373,8 @@ bool tw_store_write_twins(tw_store_t *s, tw_twin_t *const *twins, size_t n, int6
   } else {
     op_t *ops = ops_new(n);
     for (size_t i = 0; i < n; i++) {
-      guard_filter(&ops[i].filter, twins[i]->product_id, "seen", (int64_t)twins[i]->seen);
-      bson_init(&ops[i].doc);
-      tw_twin_to_bson(twins[i], now_ms, &ops[i].doc);
+      guard_filter(ops[i].filter, twins[i]->product_id, "seen", (int64_t)twins[i]->seen);
+      tw_twin_to_bson(twins[i], now_ms, ops[i].doc);
     }
     ok = run_guarded(s->twins, ops, n, stale, err);
     ops_destroy(ops, n);
@@ -459,9 +464,8 @@ bool tw_store_write_checkpoints(tw_store_t *s, const char *group, const tw_check
   for (size_t i = 0; i < n; i++) {
     char id[512];
     checkpoint_id(id, sizeof id, group, cps[i].topic, cps[i].partition);
-    guard_filter(&ops[i].filter, id, "offset", cps[i].offset);
-    bson_t *doc = &ops[i].doc;
-    bson_init(doc);
+    guard_filter(ops[i].filter, id, "offset", cps[i].offset);
+    bson_t *doc = ops[i].doc;
     BSON_APPEND_UTF8(doc, "_id", id);
     BSON_APPEND_UTF8(doc, "group", group);
     BSON_APPEND_UTF8(doc, "topic", cps[i].topic);

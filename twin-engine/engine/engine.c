@@ -185,8 +185,12 @@ static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
     ok = kconf_set(kc, "enable.auto.commit", "false", "engine") &&
          kconf_set(kc, "enable.auto.offset.store", "false", "engine") &&
          kconf_set(kc, "enable.partition.eof", "false", "engine");
+    /* range, not cooperative-sticky: range gives partition p of every input
+     * topic to the same member, so one instance owns all of a product's
+     * events. Sticky assignors may split telemetry[p] and lifecycle[p]
+     * between instances, and then two instances would write one twin. */
     if (ok && !tw_config_kafka(cfg, "partition.assignment.strategy"))
-      ok = kconf_set(kc, "partition.assignment.strategy", "cooperative-sticky", "engine");
+      ok = kconf_set(kc, "partition.assignment.strategy", "range", "engine");
     if (ok && !tw_config_kafka(cfg, "auto.offset.reset"))
       ok = kconf_set(kc, "auto.offset.reset", "earliest", "engine");
     /* Also the rebalance timeout: how long the group waits for a member that
@@ -681,10 +685,15 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
     TW_INFO("engine", "assigned %s[%d] to shard %d from offset %lld%s", tp->topic, tp->partition, s->id,
             (long long)(off >= 0 ? off : 0), off >= 0 ? " (checkpoint)" : " (no checkpoint: beginning)");
   }
-  rd_kafka_error_t *err = rd_kafka_incremental_assign(e->consumer, parts);
-  if (err) {
-    TW_ERROR("engine", "incremental assign failed: %s", rd_kafka_error_string(err));
-    rd_kafka_error_destroy(err);
+  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
+    rd_kafka_error_t *err = rd_kafka_incremental_assign(e->consumer, parts);
+    if (err) {
+      TW_ERROR("engine", "incremental assign failed: %s", rd_kafka_error_string(err));
+      rd_kafka_error_destroy(err);
+    }
+  } else {
+    rd_kafka_resp_err_t err = rd_kafka_assign(e->consumer, parts);
+    if (err) TW_ERROR("engine", "assign failed: %s", rd_kafka_err2str(err));
   }
 }
 
@@ -700,10 +709,14 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
     if (wait[k]) shard_wait(&e->shards[k], wait[k]);
   free(wait);
   TW_INFO("engine", "%s %d partitions (flushed and checkpointed)", lost ? "lost" : "revoked", parts->cnt);
-  rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
-  if (err) {
-    TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
-    rd_kafka_error_destroy(err);
+  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
+    rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
+    if (err) {
+      TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
+      rd_kafka_error_destroy(err);
+    }
+  } else {
+    rd_kafka_assign(e->consumer, NULL); /* eager: the whole assignment goes */
   }
 }
 
