@@ -64,14 +64,6 @@ static const struct {
     {"group.id", "twin-engine", "Consumer group; instances with the same id share the partitions"},
 };
 
-static bool fail(char *err, size_t cap, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-  return false;
-}
-
 static char **str_field(tw_config_t *c, const setting_t *s) { return (char **)((char *)c + s->off); }
 static int64_t *int_field(tw_config_t *c, const setting_t *s) { return (int64_t *)((char *)c + s->off); }
 
@@ -134,7 +126,7 @@ static bool enum_allows(const char *allowed, const char *v) {
 bool tw_config_set(tw_config_t *c, const char *key, const char *value, const char *origin, char *err,
                    size_t cap) {
   if (strncmp(key, "kafka.", 6) == 0) {
-    if (!key[6]) return fail(err, cap, "%s: config key 'kafka.' names no librdkafka property", origin);
+    if (!key[6]) return tw_fail(err, cap, "%s: config key 'kafka.' names no librdkafka property", origin);
     kafka_put(c, key + 6, value);
     return true;
   }
@@ -145,18 +137,18 @@ bool tw_config_set(tw_config_t *c, const char *key, const char *value, const cha
     case T_INT: {
       int64_t x;
       if (!parse_int(value, &x) || x < s->min || x > s->max)
-        return fail(err, cap, "%s: %s = '%s' is not allowed: expected an integer from %lld to %lld", origin,
-                    key, value, (long long)s->min, (long long)s->max);
+        return tw_fail(err, cap, "%s: %s = '%s' is not allowed: expected an integer from %lld to %lld",
+                       origin, key, value, (long long)s->min, (long long)s->max);
       *int_field(c, s) = x;
       return true;
     }
     case T_ENUM:
       if (!enum_allows(s->allowed, value))
-        return fail(err, cap, "%s: %s = '%s' is not allowed: expected one of %s", origin, key, value,
-                    s->allowed);
+        return tw_fail(err, cap, "%s: %s = '%s' is not allowed: expected one of %s", origin, key, value,
+                       s->allowed);
       break;
     case T_STR:
-      if (!*value) return fail(err, cap, "%s: %s is empty: expected a non-empty string", origin, key);
+      if (!*value) return tw_fail(err, cap, "%s: %s is empty: expected a non-empty string", origin, key);
       break;
     }
     char **f = str_field(c, s);
@@ -164,10 +156,10 @@ bool tw_config_set(tw_config_t *c, const char *key, const char *value, const cha
     *f = tw_xstrdup(value);
     return true;
   }
-  return fail(err, cap,
-              "%s: unknown config key '%s' (run `twin-engine --help-config` for the list; "
-              "librdkafka properties take the prefix 'kafka.')",
-              origin, key);
+  return tw_fail(err, cap,
+                 "%s: unknown config key '%s' (run `twin-engine --help-config` for the list; "
+                 "librdkafka properties take the prefix 'kafka.')",
+                 origin, key);
 }
 
 const char *tw_config_kafka(const tw_config_t *c, const char *key) {
@@ -178,16 +170,16 @@ const char *tw_config_kafka(const tw_config_t *c, const char *key) {
 
 bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
   if (strcmp(c->topic_telemetry, c->topic_lifecycle) == 0)
-    return fail(err, cap, "topics.telemetry and topics.lifecycle must differ (both are '%s')",
-                c->topic_telemetry);
+    return tw_fail(err, cap, "topics.telemetry and topics.lifecycle must differ (both are '%s')",
+                   c->topic_telemetry);
   if (strcmp(c->topic_dlq, c->topic_telemetry) == 0 || strcmp(c->topic_dlq, c->topic_lifecycle) == 0)
-    return fail(err, cap, "topics.dlq must not be an input topic ('%s')", c->topic_dlq);
+    return tw_fail(err, cap, "topics.dlq must not be an input topic ('%s')", c->topic_dlq);
   if (strncmp(c->mongo_uri, "mongodb://", 10) != 0 && strncmp(c->mongo_uri, "mongodb+srv://", 14) != 0)
-    return fail(err, cap, "mongo.uri = '%s' is not allowed: expected mongodb://... or mongodb+srv://...",
-                c->mongo_uri);
+    return tw_fail(err, cap, "mongo.uri = '%s' is not allowed: expected mongodb://... or mongodb+srv://...",
+                   c->mongo_uri);
   const char *strategy = tw_config_kafka(c, "partition.assignment.strategy");
   if (strategy && strcmp(strategy, "range") != 0)
-    return fail(
+    return tw_fail(
         err, cap,
         "kafka.partition.assignment.strategy = '%s' is not allowed: expected range. Only range gives "
         "partition p of both input topics to the same instance; other assignors can split a product's "
@@ -195,9 +187,9 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
         strategy);
   const char *mode = tw_config_kafka(c, "enable.auto.commit");
   if (mode && strcmp(mode, "false") != 0)
-    return fail(err, cap,
-                "kafka.enable.auto.commit must stay false: offsets are committed after the "
-                "snapshots they cover are in MongoDB");
+    return tw_fail(err, cap,
+                   "kafka.enable.auto.commit must stay false: offsets are committed after the "
+                   "snapshots they cover are in MongoDB");
   return true;
 }
 
@@ -205,7 +197,7 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
 
 bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap) {
   FILE *f = fopen(path, "rb");
-  if (!f) return fail(err, cap, "config file %s: %s", path, strerror(errno));
+  if (!f) return tw_fail(err, cap, "config file %s: %s", path, strerror(errno));
   yaml_parser_t p;
   yaml_event_t ev;
   yaml_parser_initialize(&p);
@@ -219,14 +211,14 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
 
   while (ok && !done) {
     if (!yaml_parser_parse(&p, &ev)) {
-      ok = fail(err, cap, "config file %s:%zu:%zu: %s", path, p.problem_mark.line + 1,
-                p.problem_mark.column + 1, p.problem ? p.problem : "YAML syntax error");
+      ok = tw_fail(err, cap, "config file %s:%zu:%zu: %s", path, p.problem_mark.line + 1,
+                   p.problem_mark.column + 1, p.problem ? p.problem : "YAML syntax error");
       break;
     }
     switch (ev.type) {
     case YAML_MAPPING_START_EVENT:
       if (depth + 1 >= 16) {
-        ok = fail(err, cap, "config file %s: nested too deeply", path);
+        ok = tw_fail(err, cap, "config file %s: nested too deeply", path);
         break;
       }
       if (depth < 0) {
@@ -234,7 +226,7 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
       } else if (have_key) {
         snprintf(prefix[depth + 1], sizeof prefix[0], "%s", key);
       } else {
-        ok = fail(err, cap, "config file %s:%zu: a mapping needs a key", path, ev.start_mark.line + 1);
+        ok = tw_fail(err, cap, "config file %s:%zu: a mapping needs a key", path, ev.start_mark.line + 1);
         break;
       }
       depth++;
@@ -247,7 +239,7 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
     case YAML_SCALAR_EVENT: {
       const char *v = (const char *)ev.data.scalar.value;
       if (depth < 0) {
-        ok = fail(err, cap, "config file %s: expected a mapping of settings at the top", path);
+        ok = tw_fail(err, cap, "config file %s: expected a mapping of settings at the top", path);
       } else if (!have_key) {
         if (prefix[depth][0])
           snprintf(key, sizeof key, "%s.%s", prefix[depth], v);
@@ -263,11 +255,12 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
       break;
     }
     case YAML_SEQUENCE_START_EVENT:
-      ok = fail(err, cap, "config file %s:%zu: %s: lists are not allowed here", path, ev.start_mark.line + 1,
-                have_key ? key : "?");
+      ok = tw_fail(err, cap, "config file %s:%zu: %s: lists are not allowed here", path,
+                   ev.start_mark.line + 1, have_key ? key : "?");
       break;
     case YAML_ALIAS_EVENT:
-      ok = fail(err, cap, "config file %s:%zu: YAML aliases are not supported", path, ev.start_mark.line + 1);
+      ok = tw_fail(err, cap, "config file %s:%zu: YAML aliases are not supported", path,
+                   ev.start_mark.line + 1);
       break;
     case YAML_STREAM_END_EVENT: done = true; break;
     default: break;
@@ -320,7 +313,7 @@ bool tw_config_load_env(tw_config_t *c, char *const *envp, char *err, size_t cap
       if (!key[0]) {
         char origin[300];
         snprintf(origin, sizeof origin, "environment variable %.*s", (int)(eq - e), e);
-        return fail(err, cap, "%s: names no setting (run `twin-engine --help-config`)", origin);
+        return tw_fail(err, cap, "%s: names no setting (run `twin-engine --help-config`)", origin);
       }
     }
     char origin[300];

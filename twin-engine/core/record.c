@@ -3,6 +3,7 @@
  * the simulator writes millions of records per run. */
 #include "twin/record.h"
 
+#include "util.h"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,16 +27,6 @@ struct tw_record_reader {
   uint64_t count;
 };
 
-static bool fail(char *err, size_t cap, const char *fmt, ...) {
-  if (err && cap) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-  }
-  return false;
-}
-
 static void put_u32le(uint8_t *b, uint32_t v) {
   b[0] = (uint8_t)v;
   b[1] = (uint8_t)(v >> 8);
@@ -52,17 +43,17 @@ static uint32_t get_u32le(const uint8_t *b) {
 bool tw_record_writer_open(const char *path, tw_record_writer_t **out, char *err, size_t err_cap) {
   *out = NULL;
   tw_record_writer_t *w = calloc(1, sizeof *w);
-  if (!w) return fail(err, err_cap, "out of memory");
+  if (!w) return tw_fail(err, err_cap, "out of memory");
   w->path = strdup(path);
   w->iobuf = malloc(IO_BUF);
   w->f = fopen(path, "wb");
   if (!w->f) {
-    fail(err, err_cap, "cannot create record file %s: %s", path, strerror(errno));
+    tw_fail(err, err_cap, "cannot create record file %s: %s", path, strerror(errno));
     goto fail_out;
   }
   if (w->iobuf) setvbuf(w->f, w->iobuf, _IOFBF, IO_BUF);
   if (fwrite(TW_RECORD_MAGIC, 1, TW_RECORD_MAGIC_LEN, w->f) != TW_RECORD_MAGIC_LEN) {
-    fail(err, err_cap, "cannot write record file %s: %s", path, strerror(errno));
+    tw_fail(err, err_cap, "cannot write record file %s: %s", path, strerror(errno));
     goto fail_out;
   }
   *out = w;
@@ -77,10 +68,10 @@ fail_out:
 
 static bool write_field(tw_record_writer_t *w, const void *p, size_t n, char *err, size_t err_cap) {
   uint8_t len[4];
-  if (n > UINT32_MAX) return fail(err, err_cap, "record field of %zu bytes is too large", n);
+  if (n > UINT32_MAX) return tw_fail(err, err_cap, "record field of %zu bytes is too large", n);
   put_u32le(len, (uint32_t)n);
   if (fwrite(len, 1, 4, w->f) != 4 || (n && fwrite(p, 1, n, w->f) != n))
-    return fail(err, err_cap, "cannot write record file %s: %s", w->path, strerror(errno));
+    return tw_fail(err, err_cap, "cannot write record file %s: %s", w->path, strerror(errno));
   return true;
 }
 
@@ -93,9 +84,10 @@ bool tw_record_writer_write(tw_record_writer_t *w, const char *topic, size_t top
 bool tw_record_writer_close(tw_record_writer_t *w, char *err, size_t err_cap) {
   if (!w) return true;
   bool ok = true;
-  if (fflush(w->f) != 0) ok = fail(err, err_cap, "cannot write record file %s: %s", w->path, strerror(errno));
+  if (fflush(w->f) != 0)
+    ok = tw_fail(err, err_cap, "cannot write record file %s: %s", w->path, strerror(errno));
   if (fclose(w->f) != 0 && ok)
-    ok = fail(err, err_cap, "cannot close record file %s: %s", w->path, strerror(errno));
+    ok = tw_fail(err, err_cap, "cannot close record file %s: %s", w->path, strerror(errno));
   free(w->iobuf);
   free(w->path);
   free(w);
@@ -108,18 +100,18 @@ bool tw_record_reader_open(const char *path, tw_record_reader_t **out, char *err
   char magic[TW_RECORD_MAGIC_LEN];
   *out = NULL;
   tw_record_reader_t *r = calloc(1, sizeof *r);
-  if (!r) return fail(err, err_cap, "out of memory");
+  if (!r) return tw_fail(err, err_cap, "out of memory");
   r->path = strdup(path);
   r->iobuf = malloc(IO_BUF);
   r->f = fopen(path, "rb");
   if (!r->f) {
-    fail(err, err_cap, "cannot open record file %s: %s", path, strerror(errno));
+    tw_fail(err, err_cap, "cannot open record file %s: %s", path, strerror(errno));
     goto fail_out;
   }
   if (r->iobuf) setvbuf(r->f, r->iobuf, _IOFBF, IO_BUF);
   if (fread(magic, 1, sizeof magic, r->f) != sizeof magic ||
       memcmp(magic, TW_RECORD_MAGIC, sizeof magic) != 0) {
-    fail(err, err_cap, "%s is not a twin-sim record file (no TWINREC1 magic)", path);
+    tw_fail(err, err_cap, "%s is not a twin-sim record file (no TWINREC1 magic)", path);
     goto fail_out;
   }
   *out = r;
@@ -143,13 +135,13 @@ static bool read_field(tw_record_reader_t *r, int i, size_t *len, bool first, bo
   if (got != 4) goto short_read;
   uint32_t n = get_u32le(lb);
   if (n > TW_RECORD_FIELD_MAX)
-    return fail(err, err_cap, "%s: record %llu has a %s of %u bytes (corrupt file?)", r->path,
-                (unsigned long long)r->count + 1, names[i], n);
+    return tw_fail(err, err_cap, "%s: record %llu has a %s of %u bytes (corrupt file?)", r->path,
+                   (unsigned long long)r->count + 1, names[i], n);
   if (r->cap[i] < (size_t)n + 1) {
     size_t c = r->cap[i] ? r->cap[i] : 256;
     while (c < (size_t)n + 1) c *= 2;
     uint8_t *b = realloc(r->buf[i], c);
-    if (!b) return fail(err, err_cap, "out of memory");
+    if (!b) return tw_fail(err, err_cap, "out of memory");
     r->buf[i] = b;
     r->cap[i] = c;
   }
@@ -158,9 +150,9 @@ static bool read_field(tw_record_reader_t *r, int i, size_t *len, bool first, bo
   *len = n;
   return true;
 short_read:
-  if (ferror(r->f)) return fail(err, err_cap, "cannot read %s: %s", r->path, strerror(errno));
-  return fail(err, err_cap, "%s: record %llu is truncated (file cut off?)", r->path,
-              (unsigned long long)r->count + 1);
+  if (ferror(r->f)) return tw_fail(err, err_cap, "cannot read %s: %s", r->path, strerror(errno));
+  return tw_fail(err, err_cap, "%s: record %llu is truncated (file cut off?)", r->path,
+                 (unsigned long long)r->count + 1);
 }
 
 bool tw_record_reader_next(tw_record_reader_t *r, tw_record_t *rec, bool *eof, char *err, size_t err_cap) {

@@ -4,6 +4,7 @@
 #ifndef TWIN_UTIL_H
 #define TWIN_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +15,9 @@ char *tw_xstrdup(const char *s);
 char *tw_xstrndup(const char *s, size_t n);
 /* NULL or "" -> NULL, else a copy. */
 char *tw_xstrdup_nonempty(const char *s);
+/* Writes a printf-style message into err (when err and cap are set) and
+ * returns false, for `return tw_fail(err, cap, "...", ...);`. */
+bool tw_fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int64_t tw_now_ms(void);
 int64_t tw_mono_ms(void);
 

@@ -10,17 +10,10 @@
 #include <string.h>
 
 #include "twin/twin.h"
+#include "util.h"
 
 #define LIST_MAX 1024
 #define TEXT_MAX 4096
-
-static bool fail(char *err, size_t cap, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-  return false;
-}
 
 static bool utf8_ok(const char *s, size_t max) {
   size_t n = strlen(s);
@@ -38,13 +31,13 @@ static bool name_ok(const char *s) {
 
 static bool text_field(const char *what, const char *s, char *err, size_t cap) {
   if (!utf8_ok(s, TEXT_MAX))
-    return fail(err, cap, "%s is not valid UTF-8 of at most %d bytes", what, TEXT_MAX);
+    return tw_fail(err, cap, "%s is not valid UTF-8 of at most %d bytes", what, TEXT_MAX);
   return true;
 }
 
-#define FINITE(name, v)                                                                   \
-  do {                                                                                    \
-    if (!isfinite(v)) return fail(err, cap, "telemetry.%s is not a finite number", name); \
+#define FINITE(name, v)                                                                      \
+  do {                                                                                       \
+    if (!isfinite(v)) return tw_fail(err, cap, "telemetry.%s is not a finite number", name); \
   } while (0)
 
 static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
@@ -60,32 +53,32 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
   if (t->_ambient_temp_c_case) FINITE("ambient_temp_c", t->ambient_temp_c);
   if (t->_range_km_case) FINITE("range_km", t->range_km);
   if (t->n_tire_pressure_kpa > 64 || t->n_brake_pad_mm > 64)
-    return fail(err, cap, "telemetry has more than 64 wheel values");
+    return tw_fail(err, cap, "telemetry has more than 64 wheel values");
   for (size_t i = 0; i < t->n_tire_pressure_kpa; i++) FINITE("tire_pressure_kpa", t->tire_pressure_kpa[i]);
   for (size_t i = 0; i < t->n_brake_pad_mm; i++) FINITE("brake_pad_mm", t->brake_pad_mm[i]);
-  if (t->n_dtc_codes > LIST_MAX) return fail(err, cap, "telemetry has more than %d dtc_codes", LIST_MAX);
+  if (t->n_dtc_codes > LIST_MAX) return tw_fail(err, cap, "telemetry has more than %d dtc_codes", LIST_MAX);
   for (size_t i = 0; i < t->n_dtc_codes; i++)
     if (!utf8_ok(t->dtc_codes[i], TW_NAME_MAX) || !t->dtc_codes[i][0])
-      return fail(err, cap, "telemetry.dtc_codes[%zu] is empty, too long or not UTF-8", i);
+      return tw_fail(err, cap, "telemetry.dtc_codes[%zu] is empty, too long or not UTF-8", i);
   if (t->_firmware_version_case && !text_field("telemetry.firmware_version", t->firmware_version, err, cap))
     return false;
-  if (t->n_metrics > LIST_MAX) return fail(err, cap, "telemetry has more than %d metrics", LIST_MAX);
+  if (t->n_metrics > LIST_MAX) return tw_fail(err, cap, "telemetry has more than %d metrics", LIST_MAX);
   for (size_t i = 0; i < t->n_metrics; i++) {
     const char *k = t->metrics[i]->key;
     if (!name_ok(k))
-      return fail(
+      return tw_fail(
           err, cap,
           "telemetry metric name %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')", i,
           TW_NAME_MAX);
     if (!isfinite(t->metrics[i]->value))
-      return fail(err, cap, "telemetry metric '%s' is not a finite number", k);
+      return tw_fail(err, cap, "telemetry metric '%s' is not a finite number", k);
   }
   return true;
 }
 
 static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, char *err, size_t cap) {
   if (!tw_lifecycle_kind_name((int)l->kind))
-    return fail(err, cap, "lifecycle.kind %d is not a known LifecycleKind", (int)l->kind);
+    return tw_fail(err, cap, "lifecycle.kind %d is not a known LifecycleKind", (int)l->kind);
   if (!text_field("lifecycle.site", l->site, err, cap) ||
       !text_field("lifecycle.actor", l->actor, err, cap) ||
       !text_field("lifecycle.detail", l->detail, err, cap) ||
@@ -95,15 +88,15 @@ static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, char *err, size_t ca
       !text_field("lifecycle.model", l->model, err, cap))
     return false;
   if (l->_odometer_km_case && !isfinite(l->odometer_km))
-    return fail(err, cap, "lifecycle.odometer_km is not a finite number");
+    return tw_fail(err, cap, "lifecycle.odometer_km is not a finite number");
   if (l->n_parts_replaced > LIST_MAX)
-    return fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
+    return tw_fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
   for (size_t i = 0; i < l->n_parts_replaced; i++)
     if (!text_field("lifecycle.parts_replaced", l->parts_replaced[i], err, cap)) return false;
-  if (l->n_attributes > LIST_MAX) return fail(err, cap, "lifecycle has more than %d attributes", LIST_MAX);
+  if (l->n_attributes > LIST_MAX) return tw_fail(err, cap, "lifecycle has more than %d attributes", LIST_MAX);
   for (size_t i = 0; i < l->n_attributes; i++) {
     if (!name_ok(l->attributes[i]->key))
-      return fail(
+      return tw_fail(
           err, cap,
           "lifecycle attribute key %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
           i, TW_NAME_MAX);
@@ -115,21 +108,22 @@ static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, char *err, size_t ca
 bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t key_len, char *err,
                           size_t cap) {
   size_t idn = strlen(env->product_id);
-  if (idn == 0) return fail(err, cap, "product_id is empty");
-  if (idn > TW_PRODUCT_ID_MAX) return fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
+  if (idn == 0) return tw_fail(err, cap, "product_id is empty");
+  if (idn > TW_PRODUCT_ID_MAX)
+    return tw_fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
   if (!bson_utf8_validate(env->product_id, idn, false))
-    return fail(err, cap, "product_id is not valid UTF-8");
+    return tw_fail(err, cap, "product_id is not valid UTF-8");
   for (size_t i = 0; i < idn; i++)
     if ((unsigned char)env->product_id[i] < 0x20)
-      return fail(err, cap, "product_id contains control characters");
+      return tw_fail(err, cap, "product_id contains control characters");
   if (key && (key_len != idn || memcmp(key, env->product_id, idn) != 0))
-    return fail(err, cap, "message key does not equal product_id");
-  if (!key) return fail(err, cap, "message has no key (the key must equal product_id)");
-  if (!name_ok(env->source)) return fail(err, cap, "source is empty, too long, not UTF-8 or contains '.'");
-  if (env->seq == 0) return fail(err, cap, "seq must be at least 1");
+    return tw_fail(err, cap, "message key does not equal product_id");
+  if (!key) return tw_fail(err, cap, "message has no key (the key must equal product_id)");
+  if (!name_ok(env->source)) return tw_fail(err, cap, "source is empty, too long, not UTF-8 or contains '.'");
+  if (env->seq == 0) return tw_fail(err, cap, "seq must be at least 1");
   switch (env->payload_case) {
   case TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY: return telemetry_ok(env->telemetry, err, cap);
   case TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE: return lifecycle_ok(env->lifecycle, err, cap);
-  default: return fail(err, cap, "envelope has no payload (neither telemetry nor lifecycle)");
+  default: return tw_fail(err, cap, "envelope has no payload (neither telemetry nor lifecycle)");
   }
 }

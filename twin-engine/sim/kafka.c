@@ -15,6 +15,7 @@
 
 #include "sim.h"
 #include "twin/log.h"
+#include "util.h"
 
 struct tw_sim_kafka {
   rd_kafka_t *rk;
@@ -22,14 +23,6 @@ struct tw_sim_kafka {
   uint64_t delivered, failed;
   char first_error[256];
 };
-
-static bool fail(char *err, size_t cap, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-  return false;
-}
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
   (void)rk;
@@ -57,7 +50,7 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 static bool conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t cap) {
   char e[512];
   if (rd_kafka_conf_set(conf, k, v, e, sizeof e) != RD_KAFKA_CONF_OK)
-    return fail(err, cap, "kafka.%s=%s: %s", k, v, e);
+    return tw_fail(err, cap, "kafka.%s=%s: %s", k, v, e);
   return true;
 }
 
@@ -69,16 +62,16 @@ static bool check_topics(tw_sim_kafka_t *k, const tw_sim_kafka_opts_t *o, char *
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t e = rd_kafka_metadata(k->rk, 0, k->rkt[i], &md, 10000);
     if (e)
-      return fail(err, err_cap, "cannot get metadata of topic %s from %s within 10 s: %s", o->topics[i],
-                  o->brokers, rd_kafka_err2str(e));
+      return tw_fail(err, err_cap, "cannot get metadata of topic %s from %s within 10 s: %s", o->topics[i],
+                     o->brokers, rd_kafka_err2str(e));
     e = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
     parts[i] = md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
     rd_kafka_metadata_destroy(md);
     if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC)
-      return fail(err, err_cap,
-                  "topic %s does not exist on %s (deploy/local/stack.sh up creates the twin topics)",
-                  o->topics[i], o->brokers);
-    if (e) return fail(err, err_cap, "topic %s: %s", o->topics[i], rd_kafka_err2str(e));
+      return tw_fail(err, err_cap,
+                     "topic %s does not exist on %s (deploy/local/stack.sh up creates the twin topics)",
+                     o->topics[i], o->brokers);
+    if (e) return tw_fail(err, err_cap, "topic %s: %s", o->topics[i], rd_kafka_err2str(e));
   }
   if (parts[0] != parts[1])
     TW_WARN(
@@ -93,7 +86,7 @@ bool tw_sim_kafka_new(const tw_sim_kafka_opts_t *o, tw_sim_kafka_t **out, char *
   *out = NULL;
   char e[512];
   tw_sim_kafka_t *k = calloc(1, sizeof *k);
-  if (!k) return fail(err, err_cap, "out of memory");
+  if (!k) return tw_fail(err, err_cap, "out of memory");
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   if (!conf_set(conf, "bootstrap.servers", o->brokers, err, err_cap) ||
       !conf_set(conf, "client.id", "twin-sim", err, err_cap) ||
@@ -109,13 +102,13 @@ bool tw_sim_kafka_new(const tw_sim_kafka_opts_t *o, tw_sim_kafka_t **out, char *
   rd_kafka_conf_set_log_cb(conf, log_cb);
   k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
   if (!k->rk) {
-    fail(err, err_cap, "cannot create the Kafka producer: %s", e);
+    tw_fail(err, err_cap, "cannot create the Kafka producer: %s", e);
     goto fail_conf;
   }
   for (int i = 0; i < 2; i++) {
     k->rkt[i] = rd_kafka_topic_new(k->rk, o->topics[i], NULL);
     if (!k->rkt[i]) {
-      fail(err, err_cap, "topic %s: %s", o->topics[i], rd_kafka_err2str(rd_kafka_last_error()));
+      tw_fail(err, err_cap, "topic %s: %s", o->topics[i], rd_kafka_err2str(rd_kafka_last_error()));
       tw_sim_kafka_destroy(k);
       return false;
     }
@@ -140,10 +133,10 @@ bool tw_sim_kafka_produce(tw_sim_kafka_t *k, int topic, const void *key, size_t 
       return true;
     rd_kafka_resp_err_t e = rd_kafka_last_error();
     if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-      return fail(err, err_cap, "cannot produce to %s: %s", rd_kafka_topic_name(k->rkt[topic]),
-                  rd_kafka_err2str(e));
+      return tw_fail(err, err_cap, "cannot produce to %s: %s", rd_kafka_topic_name(k->rkt[topic]),
+                     rd_kafka_err2str(e));
     rd_kafka_poll(k->rk, 20); /* local queue full: let deliveries drain it */
-    if (k->failed) return fail(err, err_cap, "kafka delivery failed: %s", k->first_error);
+    if (k->failed) return tw_fail(err, err_cap, "kafka delivery failed: %s", k->first_error);
   }
 }
 
@@ -155,12 +148,12 @@ bool tw_sim_kafka_flush(tw_sim_kafka_t *k, int timeout_ms, uint64_t *delivered, 
   *delivered = k->delivered;
   *failed = k->failed;
   if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
-    return fail(err, err_cap,
-                "%d message(s) not delivered within %d ms (is the broker at bootstrap.servers up?)",
-                rd_kafka_outq_len(k->rk), timeout_ms);
+    return tw_fail(err, err_cap,
+                   "%d message(s) not delivered within %d ms (is the broker at bootstrap.servers up?)",
+                   rd_kafka_outq_len(k->rk), timeout_ms);
   if (k->failed)
-    return fail(err, err_cap, "%llu message(s) failed, first: %s", (unsigned long long)k->failed,
-                k->first_error);
+    return tw_fail(err, err_cap, "%llu message(s) failed, first: %s", (unsigned long long)k->failed,
+                   k->first_error);
   return true;
 }
 
