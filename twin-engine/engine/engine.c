@@ -698,6 +698,18 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
 }
 
 static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool lost) {
+  /* Unassign first: it retires the partitions' fetch version, so no message
+   * fetched under this assignment can reach a shard after its revoke
+   * command (or be taken for the next assignment's, skipping offsets). */
+  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
+    rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
+    if (err) {
+      TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
+      rd_kafka_error_destroy(err);
+    }
+  } else {
+    rd_kafka_assign(e->consumer, NULL); /* eager: the whole assignment goes */
+  }
   uint64_t *wait = tw_xcalloc((size_t)e->n_shards, sizeof *wait);
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *tp = &parts->elems[i];
@@ -709,15 +721,6 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
     if (wait[k]) shard_wait(&e->shards[k], wait[k]);
   free(wait);
   TW_INFO("engine", "%s %d partitions (flushed and checkpointed)", lost ? "lost" : "revoked", parts->cnt);
-  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
-    rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
-    if (err) {
-      TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
-      rd_kafka_error_destroy(err);
-    }
-  } else {
-    rd_kafka_assign(e->consumer, NULL); /* eager: the whole assignment goes */
-  }
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
