@@ -65,7 +65,7 @@ show() { # show TITLE twinctl-args...
   local title=$1 json
   shift
   echo "-- $title"
-  json=$("$BIN/twinctl" list "$@" --limit 1)
+  json=$("$BIN/twinctl" list "$@" --json --limit 1)
   if [[ -z $json ]]; then
     echo "   (none in this fleet)"
     return
@@ -80,5 +80,21 @@ print(" timeline:", ", ".join(e["kind"] + ("(REJECTED: " + e["reason"] + ")" if 
 show "one in production" --stage IN_PRODUCTION
 show "one in service with brake pads below 3 mm (alert-worthy)" --stage IN_SERVICE --brake-below 3
 show "one decommissioned" --stage DECOMMISSIONED
+
+echo "== maintenance alerts the engine produced (topic twin.alerts)"
+# The engine's rules ran on every twin as events arrived; RAISED and CLEARED
+# went to twin.alerts. Counted per rule, then the latest few.
+"$BIN/twinctl" alerts --dedupe --json | python3 -c 'import collections, json, sys
+c = collections.Counter()
+for line in sys.stdin:
+    a = json.loads(line)
+    c[(a["rule_id"], a["state"])] += 1
+rules = sorted({r for r, _ in c})
+print("  %-22s %8s %8s" % ("rule", "raised", "cleared"))
+for r in rules:
+    print("  %-22s %8d %8d" % (r, c[(r, "RAISED")], c[(r, "CLEARED")]))
+print("  %d alerts in all" % sum(c.values()))'
+echo "-- the latest 10"
+"$BIN/twinctl" alerts --dedupe --limit 10
 echo
 echo "demo: done. Logs in $LOGS. More: build/bin/twinctl --help; stop the stack with deploy/local/stack.sh down"

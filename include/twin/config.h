@@ -14,13 +14,15 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "twin/rules.h"
+
 typedef struct {
   char *key; /* librdkafka property name, without "kafka." */
   char *value;
 } tw_kv_pair_t;
 
 typedef struct tw_config {
-  char *topic_telemetry, *topic_lifecycle, *topic_dlq;
+  char *topic_telemetry, *topic_lifecycle, *topic_dlq, *topic_alerts;
   char *mongo_uri, *mongo_database;
   int64_t shards;
   int64_t snapshot_interval_ms;
@@ -29,6 +31,17 @@ typedef struct tw_config {
   int64_t message_max_bytes;
   int64_t load_batch;
   char *log_level, *log_format;
+  char *alerts_defaults; /* "true" | "false" */
+  /* http.*: the query API, metrics and probes (twin-engine/engine/http.c).
+   * The strings are never NULL; "" = not set. */
+  char *http_listen;      /* "host:port", "[v6]:port" or "off" */
+  char *http_tokens;      /* comma-separated bearer tokens; "" = no auth */
+  char *http_tokens_file; /* one token per line */
+  char *http_tls_cert, *http_tls_key;
+  int64_t http_max_limit;
+  int64_t http_threads;
+  tw_rule_spec_t *rules; /* alerts.rules from the YAML file, in file order */
+  size_t n_rules;
   tw_kv_pair_t *kafka; /* passthrough, in the order set; later entries win */
   size_t n_kafka;
 } tw_config_t;
@@ -48,7 +61,10 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t err
 /* Applies TWIN_* environment variables (TWIN_SNAPSHOT_INTERVAL_MS ->
  * snapshot.interval.ms; TWIN_KAFKA_SASL_PASSWORD -> kafka.sasl.password). */
 bool tw_config_load_env(tw_config_t *c, char *const *envp, char *err, size_t err_cap);
-/* Cross-key checks after all sources are loaded. */
+/* Compiles the alert rules the configuration asks for (the built-ins unless
+ * alerts.defaults is false, overlaid by alerts.rules). */
+tw_rules_t *tw_config_rules(const tw_config_t *c, char *err, size_t err_cap);
+/* Cross-key checks after all sources are loaded (the rules included). */
 bool tw_config_validate(const tw_config_t *c, char *err, size_t err_cap);
 /* The kafka.* value for key (without prefix), or NULL. */
 const char *tw_config_kafka(const tw_config_t *c, const char *key);

@@ -136,6 +136,43 @@ typedef struct {
   double st, sy, stt, sty; /* sums over t (days since t0) and y (soh %) */
 } tw_trend_t;
 
+/* Brake pad wear of the current pads: least squares of the thinnest pad
+ * (mm) over time (days since t0) and over distance (km since k0, samples
+ * that carried an odometer reading). A sample more than TW_WEAR_JUMP_MM
+ * thicker than the latest one starts a new fit (new pads). Only telemetry
+ * feeds it, so it does not depend on how the telemetry and lifecycle
+ * topics interleave; the rules combine it with last_brake_service_ms. */
+#define TW_WEAR_JUMP_MM 1.0
+typedef struct {
+  uint64_t n;
+  int64_t t0_ms;  /* first sample of these pads */
+  int64_t t_last; /* latest sample by event time, and its thickness */
+  double y_last;
+  double st, sy, stt, sty;
+  uint64_t nk;
+  double k0, sk, skk, sky, syk; /* syk: sum of y over the distance samples */
+} tw_wear_t;
+
+/* One active maintenance alert (engine bookkeeping, kept in the snapshot
+ * so alerts survive restarts; see include/twin/rules.h). */
+typedef struct {
+  char *rule;       /* owned; rule id */
+  char *alert_id;   /* owned; stable for this raise/clear cycle */
+  char *message;    /* owned; the text sent with RAISED */
+  char *unit;       /* owned; unit of value and threshold */
+  int severity;     /* Twin__V1__Severity */
+  int64_t since_ms; /* event time of the event that raised it */
+  int leaf;         /* which comparison of the condition reports value/threshold */
+  double value, threshold;
+  bool has_predicted;
+  int64_t predicted_at_ms;
+} tw_alert_t;
+
+typedef struct {
+  char *rule; /* owned */
+  uint32_t n; /* times raised: the cycle number in alert ids */
+} tw_alert_cycle_t;
+
 typedef struct tw_twin {
   char *product_id; /* owned */
   tw_stage_t stage;
@@ -163,7 +200,20 @@ typedef struct tw_twin {
   uint32_t n_open_recalls;
   tw_service_t last_service;
   int64_t last_brake_service_ms; /* 0 = never */
+  tw_wear_t brake_wear;
+  bool delivered; /* a DELIVERED event applied: the base of "service due" before any visit */
+  int64_t delivered_ms;
+  bool delivered_has_odometer;
+  double delivered_odometer_km;
+  int64_t last_event_ms; /* latest event time of any accepted event: the twin's "now" */
   tw_counters_t counters;
+
+  /* Active alerts, sorted by rule id. Written by the rules (rules.h) after
+   * the reducer, never by the reducer itself. */
+  tw_alert_t *alerts;
+  uint32_t n_alerts;
+  tw_alert_cycle_t *alert_cycles; /* sorted by rule id */
+  uint32_t n_alert_cycles;
 
   /* Engine bookkeeping, not touched by the reducer: the Kafka offset of
    * the last message of this product incorporated, per input topic (-1 =

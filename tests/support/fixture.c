@@ -337,3 +337,31 @@ bool tw_bson_subset(const bson_t *expect, const bson_t *actual, char *why, size_
   bson_destroy(&wa);
   return ok;
 }
+
+bool tw_bson_equal(const bson_t *expect, const bson_t *actual, char *why, size_t cap) {
+  if (!tw_bson_subset(expect, actual, why, cap)) return false;
+  if (tw_bson_subset(actual, expect, why, cap)) return true;
+  char tmp[512];
+  snprintf(tmp, sizeof tmp, "unexpected field: %s", why);
+  snprintf(why, cap, "%s", tmp);
+  return false;
+}
+
+void tw_alert_to_bson(const Twin__V1__MaintenanceAlert *a, bson_t *out) {
+  const ProtobufCEnumValue *sev =
+      protobuf_c_enum_descriptor_get_value(&twin__v1__severity__descriptor, a->severity);
+  const ProtobufCEnumValue *st =
+      protobuf_c_enum_descriptor_get_value(&twin__v1__alert_state__descriptor, a->state);
+  BSON_APPEND_UTF8(out, "alert_id", a->alert_id);
+  BSON_APPEND_UTF8(out, "product_id", a->product_id);
+  BSON_APPEND_UTF8(out, "rule_id", a->rule_id);
+  BSON_APPEND_UTF8(out, "severity", sev ? sev->name : "?");
+  BSON_APPEND_UTF8(out, "state", st ? st->name : "?");
+  BSON_APPEND_UTF8(out, "message", a->message);
+  BSON_APPEND_DOUBLE(out, "value", a->value);
+  BSON_APPEND_DOUBLE(out, "threshold", a->threshold);
+  if (a->_predicted_at_ms_case) BSON_APPEND_INT64(out, "predicted_at_ms", a->predicted_at_ms);
+  BSON_APPEND_INT64(out, "event_time_ms", a->event_time_ms);
+  BSON_APPEND_UTF8(out, "unit", a->unit);
+  BSON_APPEND_INT64(out, "raised_at_ms", a->raised_at_ms);
+}

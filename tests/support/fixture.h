@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "twin/v1/alerts.pb-c.h"
+
 /* Encodes one event; returns malloc'd protobuf bytes (*len) or NULL with
  * a message in err. */
 uint8_t *tw_fixture_encode(const bson_t *event, const char *default_product_id, size_t *len, char *err,
@@ -21,5 +23,11 @@ bson_t *tw_fixture_load_json(const char *path, char *err, size_t err_cap);
  * (documents compared as subsets, arrays element by element, numbers as
  * doubles). On mismatch writes the path and both values into why. */
 bool tw_bson_subset(const bson_t *expect, const bson_t *actual, char *why, size_t why_cap);
+
+/* A MaintenanceAlert as a document with the proto field names (enums by
+ * name, predicted_at_ms only when set), for comparing with fixtures. */
+void tw_alert_to_bson(const Twin__V1__MaintenanceAlert *a, bson_t *out);
+/* tw_bson_subset both ways: the same fields with equal values. */
+bool tw_bson_equal(const bson_t *expect, const bson_t *actual, char *why, size_t why_cap);
 
 #endif

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "twin/record.h"
+#include "twin/rules.h"
 #include "twin/twin.h"
 
 extern char **environ;
@@ -49,13 +50,13 @@ static rd_kafka_t *kafka_client(const h_scenario_t *s) {
 
 static void create_topics(const h_scenario_t *s) {
   rd_kafka_t *rk = kafka_client(s);
-  const char *names[3] = {s->telemetry, s->lifecycle, s->dlq};
-  int parts[3] = {s->partitions, s->partitions, 2};
-  rd_kafka_NewTopic_t *nt[3];
+  const char *names[4] = {s->telemetry, s->lifecycle, s->dlq, s->alerts};
+  int parts[4] = {s->partitions, s->partitions, 2, s->partitions};
+  rd_kafka_NewTopic_t *nt[4];
   char err[512];
-  for (int i = 0; i < 3; i++) nt[i] = rd_kafka_NewTopic_new(names[i], parts[i], 1, err, sizeof err);
+  for (int i = 0; i < 4; i++) nt[i] = rd_kafka_NewTopic_new(names[i], parts[i], 1, err, sizeof err);
   rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-  rd_kafka_CreateTopics(rk, nt, 3, NULL, q);
+  rd_kafka_CreateTopics(rk, nt, 4, NULL, q);
   rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
   if (!ev) fail_msg("CreateTopics timed out");
   const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
@@ -67,7 +68,7 @@ static void create_topics(const h_scenario_t *s) {
       fail_msg("create topic %s: %s", rd_kafka_topic_result_name(tr[i]),
                rd_kafka_topic_result_error_string(tr[i]));
   rd_kafka_event_destroy(ev);
-  for (int i = 0; i < 3; i++) rd_kafka_NewTopic_destroy(nt[i]);
+  for (int i = 0; i < 4; i++) rd_kafka_NewTopic_destroy(nt[i]);
   rd_kafka_queue_destroy(q);
   /* Wait until the broker reports every partition with a leader. */
   for (int attempt = 0; attempt < 100; attempt++) {
@@ -75,11 +76,11 @@ static void create_topics(const h_scenario_t *s) {
     int ready = 0;
     if (rd_kafka_metadata(rk, 1, NULL, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
       for (int i = 0; i < md->topic_cnt; i++)
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
           if (strcmp(md->topics[i].topic, names[k]) == 0 && md->topics[i].partition_cnt == parts[k]) ready++;
       rd_kafka_metadata_destroy(md);
     }
-    if (ready == 3) break;
+    if (ready == 4) break;
     msleep(100);
   }
   rd_kafka_destroy(rk);
@@ -94,6 +95,7 @@ void h_scenario_init(h_scenario_t *s, const char *name, int partitions) {
   snprintf(s->telemetry, sizeof s->telemetry, "it.%s.telemetry", s->name);
   snprintf(s->lifecycle, sizeof s->lifecycle, "it.%s.lifecycle", s->name);
   snprintf(s->dlq, sizeof s->dlq, "it.%s.dlq", s->name);
+  snprintf(s->alerts, sizeof s->alerts, "it.%s.alerts", s->name);
   snprintf(s->group, sizeof s->group, "it-%s", s->name);
   snprintf(s->database, sizeof s->database, "it_%s", s->name);
   s->partitions = partitions;
@@ -207,7 +209,7 @@ bool h_wait_engine_log(const char *needle, int timeout_s) {
 
 pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra) {
   static int counter = 0;
-  char bin[512], sets[14][256], log[300];
+  char bin[512], sets[16][256], log[300];
   const char *argv[80];
   int n = 0, k = 0;
   snprintf(bin, sizeof bin, "%s/twin-engine", s->bin_dir);
@@ -224,6 +226,7 @@ pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra
   SET("topics.telemetry=%s", s->telemetry);
   SET("topics.lifecycle=%s", s->lifecycle);
   SET("topics.dlq=%s", s->dlq);
+  SET("topics.alerts=%s", s->alerts);
   SET("mongo.uri=%s", s->mongo_uri);
   SET("mongo.database=%s", s->database);
   SET("shards=%d", shards);
@@ -324,7 +327,35 @@ bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
 
 /* ---- Expected state -------------------------------------------------------- */
 
+void h_strip_interleaved_alerts(tw_twin_t *t) {
+  static const char *const rules[] = {"service_due", "brake_wear_predicted"};
+  for (size_t k = 0; k < 2; k++) {
+    for (uint32_t i = 0; i < t->n_alerts; i++) {
+      if (strcmp(t->alerts[i].rule, rules[k]) != 0) continue;
+      free(t->alerts[i].rule);
+      free(t->alerts[i].alert_id);
+      free(t->alerts[i].message);
+      free(t->alerts[i].unit);
+      memmove(&t->alerts[i], &t->alerts[i + 1], (t->n_alerts - i - 1) * sizeof *t->alerts);
+      t->n_alerts--;
+      break;
+    }
+    for (uint32_t i = 0; i < t->n_alert_cycles; i++) {
+      if (strcmp(t->alert_cycles[i].rule, rules[k]) != 0) continue;
+      free(t->alert_cycles[i].rule);
+      memmove(&t->alert_cycles[i], &t->alert_cycles[i + 1],
+              (t->n_alert_cycles - i - 1) * sizeof *t->alert_cycles);
+      t->n_alert_cycles--;
+      break;
+    }
+  }
+}
+
+/* The engine's rules (the built-ins), evaluated as a shard does. */
 void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *out) {
+  char rerr[256];
+  tw_rules_t *rules = tw_rules_compile(true, NULL, 0, rerr, sizeof rerr);
+  if (!rules) fail_msg("%s", rerr);
   memset(out, 0, sizeof *out);
   tw_map_init(&out->twins);
   tw_record_reader_t *r;
@@ -348,11 +379,18 @@ void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *
       t = tw_twin_new(env->product_id, seq_window);
       tw_map_put(&out->twins, t);
     }
-    tw_reduce(t, env, NULL);
+    tw_outcome_t o = tw_reduce(t, env, NULL);
+    if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
+      tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
+      tw_rules_eval(rules, t, &ev, NULL, NULL);
+    }
     out->valid++;
     twin__v1__envelope__free_unpacked(env, NULL);
   }
   tw_record_reader_close(r);
+  tw_rules_destroy(rules);
+  for (size_t i = 0; i < out->twins.cap; i++)
+    if (out->twins.slots[i]) h_strip_interleaved_alerts(out->twins.slots[i]);
 }
 
 void h_expected_cleanup(h_expected_t *e) { tw_map_cleanup(&e->twins, true); }
@@ -405,6 +443,7 @@ static void cmp_doc(void *ud, const bson_t *doc) {
   } else {
     got->seq_window = want->seq_window;     /* window bits were read with the default */
     got->offsets[0] = got->offsets[1] = -1; /* Kafka offsets are not part of the expected state */
+    h_strip_interleaved_alerts(got);
     if (tw_twin_state_hash(got) != tw_twin_state_hash(want)) {
       if (c->diffs++ < 3) {
         fprintf(stderr, "[harness] twin %s differs\n", got->product_id);

@@ -15,7 +15,7 @@
 #include "twin/twin.h"
 #include "util.h"
 
-typedef enum { T_STR, T_INT, T_ENUM } stype_t;
+typedef enum { T_STR, T_INT, T_ENUM, T_OPT } stype_t; /* T_OPT: a string that may be empty (= not set) */
 
 typedef struct {
   const char *key;
@@ -35,6 +35,11 @@ static const setting_t SETTINGS[] = {
      "Lifecycle input topic; must have as many partitions as topics.telemetry"},
     {"topics.dlq", T_STR, F(topic_dlq), "twin.dlq", 0, 0, NULL,
      "Dead-letter topic: undecodable or invalid messages, with the reason in headers"},
+    {"topics.alerts", T_STR, F(topic_alerts), "twin.alerts", 0, 0, NULL,
+     "Maintenance alerts output topic (twin.v1.MaintenanceAlert, keyed by product_id)"},
+    {"alerts.defaults", T_ENUM, F(alerts_defaults), "true", 0, 0, "true|false",
+     "Evaluate the built-in alert rules (README \"Maintenance alerts\"); alerts.rules in the config file "
+     "adds rules, overrides built-ins by id, or turns one off with enabled: false"},
     {"mongo.uri", T_STR, F(mongo_uri), "mongodb://127.0.0.1:27017", 0, 0, NULL,
      "MongoDB connection string (TLS and auth options go here)"},
     {"mongo.database", T_STR, F(mongo_database), "twin", 0, 0, NULL,
@@ -53,6 +58,20 @@ static const setting_t SETTINGS[] = {
      "Twins loaded from MongoDB per query when their products first appear"},
     {"log.level", T_ENUM, F(log_level), "info", 0, 0, "debug|info|warn|error", "Log level"},
     {"log.format", T_ENUM, F(log_format), "text", 0, 0, "text|json", "Log line format"},
+    {"http.listen", T_STR, F(http_listen), "127.0.0.1:8080", 0, 0, NULL,
+     "HTTP API, /metrics and probes: host:port, [ipv6]:port (0.0.0.0:8080 for every interface), or off"},
+    {"http.tokens", T_OPT, F(http_tokens), "", 0, 0, NULL,
+     "Comma-separated bearer tokens that open every HTTP route but /healthz and /readyz (secret; empty: "
+     "no authentication)"},
+    {"http.tokens.file", T_OPT, F(http_tokens_file), "", 0, 0, NULL,
+     "File with one bearer token per line ('#' comments), instead of or besides http.tokens"},
+    {"http.tls.cert", T_OPT, F(http_tls_cert), "", 0, 0, NULL,
+     "PEM certificate (chain) file; with http.tls.key the server speaks HTTPS only"},
+    {"http.tls.key", T_OPT, F(http_tls_key), "", 0, 0, NULL, "PEM private key file for http.tls.cert"},
+    {"http.max.limit", T_INT, F(http_max_limit), "1000", 1, 100000, NULL,
+     "Largest page size GET /v1/twins accepts (limit=)"},
+    {"http.threads", T_INT, F(http_threads), "2", 1, 64, NULL,
+     "HTTP worker threads (each holds at most one MongoDB connection)"},
 };
 #define N_SETTINGS (sizeof SETTINGS / sizeof SETTINGS[0])
 
@@ -92,6 +111,18 @@ void tw_config_init(tw_config_t *c) {
     kafka_put(c, KAFKA_DEFAULTS[i].key, KAFKA_DEFAULTS[i].def);
 }
 
+static void rule_spec_free(tw_rule_spec_t *r) {
+  free(r->id);
+  free(r->severity);
+  free(r->condition);
+  free(r->clear);
+  free(r->message);
+  free(r->clear_message);
+  free(r->limit);
+  free(r->enabled);
+  free(r->origin);
+}
+
 void tw_config_cleanup(tw_config_t *c) {
   for (size_t i = 0; i < N_SETTINGS; i++)
     if (SETTINGS[i].type != T_INT) free(*str_field(c, &SETTINGS[i]));
@@ -100,6 +131,8 @@ void tw_config_cleanup(tw_config_t *c) {
     free(c->kafka[i].value);
   }
   free(c->kafka);
+  for (size_t i = 0; i < c->n_rules; i++) rule_spec_free(&c->rules[i]);
+  free(c->rules);
   memset(c, 0, sizeof *c);
 }
 
@@ -150,6 +183,7 @@ bool tw_config_set(tw_config_t *c, const char *key, const char *value, const cha
     case T_STR:
       if (!*value) return tw_fail(err, cap, "%s: %s is empty: expected a non-empty string", origin, key);
       break;
+    case T_OPT: break;
     }
     char **f = str_field(c, s);
     free(*f);
@@ -168,7 +202,57 @@ const char *tw_config_kafka(const tw_config_t *c, const char *key) {
   return NULL;
 }
 
+tw_rules_t *tw_config_rules(const tw_config_t *c, char *err, size_t cap) {
+  return tw_rules_compile(strcmp(c->alerts_defaults, "true") == 0, c->rules, c->n_rules, err, cap);
+}
+
+/* http.listen: "off", "host:port" or "[v6]:port" with port 0..65535 (0: any
+ * free port, logged at start). The server resolves the host. */
+static bool http_validate(const tw_config_t *c, char *err, size_t cap) {
+  const char *l = c->http_listen, *colon = strrchr(l, ':');
+  if (strcmp(l, "off") != 0) {
+    bool ok = colon && colon > l && colon[1];
+    if (ok && l[0] == '[') ok = colon > l + 2 && colon[-1] == ']';
+    if (ok && l[0] != '[') ok = memchr(l, ':', (size_t)(colon - l)) == NULL; /* bare IPv6 needs [] */
+    for (const char *p = colon ? colon + 1 : ""; ok && *p; p++) ok = isdigit((unsigned char)*p);
+    if (ok) ok = strlen(colon + 1) <= 5 && atol(colon + 1) <= 65535;
+    if (!ok)
+      return tw_fail(err, cap,
+                     "http.listen = '%s' is not allowed: expected host:port (127.0.0.1:8080, 0.0.0.0:8080), "
+                     "[ipv6]:port ([::1]:8080) or off",
+                     l);
+  }
+  if (!*c->http_tls_cert != !*c->http_tls_key)
+    return tw_fail(err, cap, "http.tls.%s is set but http.tls.%s is not: HTTPS needs both (PEM files)",
+                   *c->http_tls_cert ? "cert" : "key", *c->http_tls_cert ? "key" : "cert");
+  /* Tokens: separated by commas (spaces around them ignored), each non-empty
+   * printable ASCII without spaces, as an Authorization header carries it. */
+  if (*c->http_tokens) {
+    const char *p = c->http_tokens;
+    for (;;) {
+      while (*p == ' ' || *p == '\t') p++;
+      size_t n = strcspn(p, ","), len = n;
+      while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+      if (!len) return tw_fail(err, cap, "http.tokens: an empty token (two commas, or a comma at an end)");
+      for (size_t i = 0; i < len; i++)
+        if ((unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f)
+          return tw_fail(err, cap,
+                         "http.tokens: a token contains a space or a character that is not printable ASCII");
+      if (!p[n]) break;
+      p += n + 1;
+    }
+  }
+  return true;
+}
+
 bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
+  tw_rules_t *rules = tw_config_rules(c, err, cap);
+  if (!rules) return false;
+  tw_rules_destroy(rules);
+  if (strcmp(c->topic_alerts, c->topic_telemetry) == 0 || strcmp(c->topic_alerts, c->topic_lifecycle) == 0 ||
+      strcmp(c->topic_alerts, c->topic_dlq) == 0)
+    return tw_fail(err, cap, "topics.alerts must differ from the input and dead-letter topics ('%s')",
+                   c->topic_alerts);
   if (strcmp(c->topic_telemetry, c->topic_lifecycle) == 0)
     return tw_fail(err, cap, "topics.telemetry and topics.lifecycle must differ (both are '%s')",
                    c->topic_telemetry);
@@ -185,6 +269,7 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
         "partition p of both input topics to the same instance; other assignors can split a product's "
         "telemetry and lifecycle events between two instances, which would both write its twin",
         strategy);
+  if (!http_validate(c, err, cap)) return false;
   const char *mode = tw_config_kafka(c, "enable.auto.commit");
   if (mode && strcmp(mode, "false") != 0)
     return tw_fail(err, cap,
@@ -194,6 +279,84 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
 }
 
 /* ---- YAML ------------------------------------------------------------------ */
+
+/* alerts.rules: a list of mappings with scalar values. */
+static bool parse_rule_list(yaml_parser_t *p, tw_config_t *c, const char *path, char *err, size_t cap) {
+  static const char *const keys[] = {"id",      "severity",      "condition", "clear",
+                                     "message", "clear_message", "limit",     "enabled"};
+  yaml_event_t ev;
+  tw_rule_spec_t *cur = NULL;
+  char key[64] = "";
+  bool ok = true, done = false;
+  while (ok && !done) {
+    if (!yaml_parser_parse(p, &ev))
+      return tw_fail(err, cap, "config file %s:%zu: %s", path, p->problem_mark.line + 1,
+                     p->problem ? p->problem : "YAML syntax error");
+    size_t line = ev.start_mark.line + 1;
+    switch (ev.type) {
+    case YAML_SEQUENCE_END_EVENT: done = true; break;
+    case YAML_MAPPING_START_EVENT:
+      if (cur) {
+        ok = tw_fail(err, cap, "config file %s:%zu: alerts.rules: rule values must be text, not mappings",
+                     path, line);
+        break;
+      }
+      c->rules = tw_xrealloc(c->rules, (c->n_rules + 1) * sizeof *c->rules);
+      cur = &c->rules[c->n_rules++];
+      memset(cur, 0, sizeof *cur);
+      {
+        char origin[512];
+        snprintf(origin, sizeof origin, "config file %s:%zu", path, line);
+        cur->origin = tw_xstrdup(origin);
+      }
+      key[0] = '\0';
+      break;
+    case YAML_MAPPING_END_EVENT: cur = NULL; break;
+    case YAML_SCALAR_EVENT: {
+      const char *v = (const char *)ev.data.scalar.value;
+      if (!cur) {
+        ok = tw_fail(err, cap,
+                     "config file %s:%zu: alerts.rules: each rule is a mapping (id:, severity:, condition:, "
+                     "...), not '%s'",
+                     path, line, v);
+      } else if (!key[0]) {
+        size_t k = 0;
+        while (k < sizeof keys / sizeof keys[0] && strcmp(keys[k], v) != 0) k++;
+        if (k == sizeof keys / sizeof keys[0])
+          ok = tw_fail(err, cap,
+                       "config file %s:%zu: alerts.rules: unknown rule key '%s': expected id, severity, "
+                       "condition, clear, message, clear_message, limit or enabled",
+                       path, line, v);
+        else
+          snprintf(key, sizeof key, "%s", v);
+      } else {
+        char **f = strcmp(key, "id") == 0              ? &cur->id
+                   : strcmp(key, "severity") == 0      ? &cur->severity
+                   : strcmp(key, "condition") == 0     ? &cur->condition
+                   : strcmp(key, "clear") == 0         ? &cur->clear
+                   : strcmp(key, "message") == 0       ? &cur->message
+                   : strcmp(key, "clear_message") == 0 ? &cur->clear_message
+                   : strcmp(key, "limit") == 0         ? &cur->limit
+                                                       : &cur->enabled;
+        free(*f);
+        *f = tw_xstrdup(v);
+        key[0] = '\0';
+      }
+      break;
+    }
+    case YAML_SEQUENCE_START_EVENT:
+      ok = tw_fail(err, cap, "config file %s:%zu: alerts.rules: %s: lists are not allowed here", path, line,
+                   key[0] ? key : "?");
+      break;
+    case YAML_ALIAS_EVENT:
+      ok = tw_fail(err, cap, "config file %s:%zu: YAML aliases are not supported", path, line);
+      break;
+    default: break;
+    }
+    yaml_event_delete(&ev);
+  }
+  return ok;
+}
 
 bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap) {
   FILE *f = fopen(path, "rb");
@@ -255,7 +418,13 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
       break;
     }
     case YAML_SEQUENCE_START_EVENT:
-      ok = tw_fail(err, cap, "config file %s:%zu: %s: lists are not allowed here", path,
+      if (have_key && strcmp(key, "alerts.rules") == 0) {
+        ok = parse_rule_list(&p, c, path, err, cap);
+        have_key = false;
+        break;
+      }
+      ok = tw_fail(err, cap,
+                   "config file %s:%zu: %s: lists are not allowed here (only alerts.rules is a list)", path,
                    ev.start_mark.line + 1, have_key ? key : "?");
       break;
     case YAML_ALIAS_EVENT:
@@ -335,6 +504,8 @@ void tw_config_help(FILE *out) {
               s->def ? s->def : "number of online CPUs");
     else if (s->type == T_ENUM)
       fprintf(out, "  %-22s   one of %s, default %s\n", "", s->allowed, s->def);
+    else if (s->type == T_OPT)
+      fprintf(out, "  %-22s   string, default empty (not set)\n", "");
     else
       fprintf(out, "  %-22s   string, default %s\n", "", s->def);
   }
@@ -345,6 +516,15 @@ void tw_config_help(FILE *out) {
       out,
       "  kafka.<property>       any librdkafka property (TLS: kafka.security.protocol, kafka.ssl.*;\n"
       "                         SASL: kafka.sasl.mechanisms, kafka.sasl.username, kafka.sasl.password)\n");
+  fprintf(
+      out,
+      "\nalerts.rules (config file only): a list of rules, each with id, severity (INFO|WARNING|CRITICAL),\n"
+      "condition, and optionally clear, message, clear_message, limit, enabled. Built-in rules:\n");
+  const tw_rule_spec_t *d;
+  size_t n = tw_rules_default_specs(&d);
+  for (size_t i = 0; i < n; i++)
+    fprintf(out, "  %-22s %-8s %s%s%s\n", d[i].id, d[i].severity, d[i].condition,
+            d[i].clear ? "  clear: " : "", d[i].clear ? d[i].clear : "");
 }
 
 static bool is_secret(const char *key) {
@@ -360,9 +540,14 @@ void tw_config_dump(const tw_config_t *c, FILE *out) {
       fprintf(out, "%s=%lld\n", s->key, (long long)*int_field(m, s));
     else if (strcmp(s->key, "mongo.uri") == 0 && strchr(*str_field(m, s), '@'))
       fprintf(out, "%s=(contains credentials, not shown)\n", s->key);
+    else if (is_secret(s->key) && !strstr(s->key, ".file") && **str_field(m, s))
+      fprintf(out, "%s=(secret)\n", s->key);
     else
       fprintf(out, "%s=%s\n", s->key, *str_field(m, s));
   }
+  for (size_t i = 0; i < c->n_rules; i++)
+    fprintf(out, "alerts.rules[%zu]=%s: %s\n", i, c->rules[i].id ? c->rules[i].id : "?",
+            c->rules[i].condition ? c->rules[i].condition : "(built-in condition)");
   for (size_t i = 0; i < c->n_kafka; i++)
     fprintf(out, "kafka.%s=%s\n", c->kafka[i].key,
             is_secret(c->kafka[i].key) ? "(secret)" : c->kafka[i].value);

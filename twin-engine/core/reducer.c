@@ -124,6 +124,15 @@ void tw_twin_destroy(tw_twin_t *t) {
   free(t->open_recalls);
   free(t->last_service.work_order);
   free(t->last_service.site);
+  for (uint32_t i = 0; i < t->n_alerts; i++) {
+    free(t->alerts[i].rule);
+    free(t->alerts[i].alert_id);
+    free(t->alerts[i].message);
+    free(t->alerts[i].unit);
+  }
+  free(t->alerts);
+  for (uint32_t i = 0; i < t->n_alert_cycles; i++) free(t->alert_cycles[i].rule);
+  free(t->alert_cycles);
   free(t);
 }
 
@@ -287,6 +296,39 @@ static void trend_add(tw_trend_t *tr, int64_t at, double soh) {
   tr->sty += d * soh;
 }
 
+/* Adds a brake pad sample to the wear fit of the current pads. Samples
+ * older than the current pads' first one belong to earlier pads. */
+static void wear_add(tw_wear_t *w, int64_t at, const double *pads, size_t n, bool has_odo, double odo) {
+  double y = pads[0];
+  for (size_t i = 1; i < n; i++)
+    if (pads[i] < y) y = pads[i];
+  if (w->n > 0 && at < w->t0_ms) return;
+  if (w->n > 0 && at > w->t_last && y > w->y_last + TW_WEAR_JUMP_MM) memset(w, 0, sizeof *w); /* new pads */
+  if (w->n == 0) {
+    w->t0_ms = at;
+    w->t_last = at;
+    w->y_last = y;
+  } else if (at >= w->t_last) {
+    w->t_last = at;
+    w->y_last = y;
+  }
+  double d = (double)(at - w->t0_ms) / 86400000.0;
+  w->n++;
+  w->st += d;
+  w->sy += y;
+  w->stt += d * d;
+  w->sty += d * y;
+  if (has_odo) {
+    if (w->nk == 0) w->k0 = odo;
+    double k = odo - w->k0;
+    w->nk++;
+    w->sk += k;
+    w->skk += k * k;
+    w->sky += k * y;
+    w->syk += y;
+  }
+}
+
 #define TEL_HAS(tm, f) ((tm)->_##f##_case != 0)
 
 static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env) {
@@ -309,7 +351,11 @@ static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env
   if (TEL_HAS(tm, range_km)) put_scalar(&t->scalars[TW_F_RANGE_KM], tm->range_km, &c);
   if (tm->n_tire_pressure_kpa)
     put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c);
-  if (tm->n_brake_pad_mm) put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c);
+  if (tm->n_brake_pad_mm) {
+    put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c);
+    wear_add(&t->brake_wear, env->event_time_ms, tm->brake_pad_mm, tm->n_brake_pad_mm,
+             TEL_HAS(tm, odometer_km), tm->odometer_km);
+  }
   if (tm->n_dtc_codes || tm->dtc_codes_reported) put_dtcs(&t->dtc_codes, tm->dtc_codes, tm->n_dtc_codes, &c);
   if (TEL_HAS(tm, firmware_version)) {
     if (newer(&t->firmware_st, c.at, c.seq)) {
@@ -477,6 +523,10 @@ static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
   case TWIN__V1__LIFECYCLE_KIND__DELIVERED:
     t->stage = TW_STAGE_IN_SERVICE;
     set_str(&t->owner, lc->owner_id);
+    t->delivered = true;
+    t->delivered_ms = env->event_time_ms;
+    t->delivered_has_odometer = lc->_odometer_km_case != 0;
+    t->delivered_odometer_km = t->delivered_has_odometer ? lc->odometer_km : 0;
     break;
   case TWIN__V1__LIFECYCLE_KIND__OWNERSHIP_TRANSFERRED: set_str(&t->owner, lc->owner_id); break;
   case TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT: {
@@ -487,7 +537,8 @@ static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
     sv->odometer_km = sv->has_odometer ? lc->odometer_km : 0;
     set_str(&sv->work_order, lc->work_order);
     set_str(&sv->site, lc->site);
-    if (has_brake_parts(lc)) t->last_brake_service_ms = env->event_time_ms;
+    if (has_brake_parts(lc) && env->event_time_ms > t->last_brake_service_ms)
+      t->last_brake_service_ms = env->event_time_ms;
     break;
   }
   case TWIN__V1__LIFECYCLE_KIND__RECALL_ISSUED:
@@ -541,6 +592,9 @@ tw_outcome_t tw_reduce(tw_twin_t *t, const Twin__V1__Envelope *env, const char *
   } else {
     o = reduce_lifecycle(t, env, reason);
   }
-  if (o != TW_OUT_REJECTED) t->rev++;
+  if (o != TW_OUT_REJECTED) {
+    t->rev++;
+    if (env->event_time_ms > t->last_event_ms) t->last_event_ms = env->event_time_ms;
+  }
   return o;
 }

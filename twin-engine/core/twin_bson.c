@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "twin/twin.h"
+#include "twin/v1/alerts.pb-c.h"
 #include "twin_int.h"
 #include "util.h"
 
@@ -137,6 +138,81 @@ static bool trend_slope(const tw_trend_t *tr, double *out) {
   return true;
 }
 
+/* Wear rates from the fit, shown to people; the sums make it resumable. */
+static void put_wear(bson_t *doc, const tw_wear_t *w) {
+  bson_t d;
+  double n = (double)w->n, nk = (double)w->nk;
+  double den = n * w->stt - w->st * w->st, denk = nk * w->skk - w->sk * w->sk;
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "brake_wear", &d);
+  if (w->n >= 2 && den > 0)
+    BSON_APPEND_DOUBLE(&d, "mm_per_day", -(n * w->sty - w->st * w->sy) / den);
+  else
+    BSON_APPEND_NULL(&d, "mm_per_day");
+  if (w->nk >= 2 && denk > 0)
+    BSON_APPEND_DOUBLE(&d, "mm_per_1000_km", -(nk * w->sky - w->sk * w->syk) / denk * 1000.0);
+  else
+    BSON_APPEND_NULL(&d, "mm_per_1000_km");
+  BSON_APPEND_INT64(&d, "samples", (int64_t)w->n);
+  BSON_APPEND_INT64(&d, "t0_ms", w->t0_ms);
+  BSON_APPEND_INT64(&d, "last_at_ms", w->t_last);
+  BSON_APPEND_DOUBLE(&d, "last_mm", w->y_last);
+  BSON_APPEND_DOUBLE(&d, "sum_t", w->st);
+  BSON_APPEND_DOUBLE(&d, "sum_y", w->sy);
+  BSON_APPEND_DOUBLE(&d, "sum_tt", w->stt);
+  BSON_APPEND_DOUBLE(&d, "sum_ty", w->sty);
+  BSON_APPEND_INT64(&d, "km_samples", (int64_t)w->nk);
+  BSON_APPEND_DOUBLE(&d, "k0", w->k0);
+  BSON_APPEND_DOUBLE(&d, "sum_k", w->sk);
+  BSON_APPEND_DOUBLE(&d, "sum_kk", w->skk);
+  BSON_APPEND_DOUBLE(&d, "sum_ky", w->sky);
+  BSON_APPEND_DOUBLE(&d, "sum_yk", w->syk);
+  bson_append_document_end(doc, &d);
+}
+
+static const char *severity_name(int s) {
+  switch (s) {
+  case TWIN__V1__SEVERITY__INFO: return "INFO";
+  case TWIN__V1__SEVERITY__WARNING: return "WARNING";
+  case TWIN__V1__SEVERITY__CRITICAL: return "CRITICAL";
+  default: return "UNSPECIFIED";
+  }
+}
+
+static void put_alerts(bson_t *doc, const tw_twin_t *t) {
+  bson_t d, a, e;
+  char key[16];
+  const char *kp;
+  BSON_APPEND_DOCUMENT_BEGIN(doc, "alerts", &d);
+  BSON_APPEND_ARRAY_BEGIN(&d, "active", &a);
+  for (uint32_t i = 0; i < t->n_alerts; i++) {
+    const tw_alert_t *al = &t->alerts[i];
+    bson_uint32_to_string(i, &kp, key, sizeof key);
+    BSON_APPEND_DOCUMENT_BEGIN(&a, kp, &e);
+    BSON_APPEND_UTF8(&e, "rule", al->rule);
+    BSON_APPEND_UTF8(&e, "alert_id", al->alert_id);
+    BSON_APPEND_UTF8(&e, "severity", severity_name(al->severity));
+    BSON_APPEND_INT64(&e, "since", al->since_ms);
+    BSON_APPEND_DOUBLE(&e, "value", al->value);
+    BSON_APPEND_DOUBLE(&e, "threshold", al->threshold);
+    BSON_APPEND_UTF8(&e, "unit", al->unit);
+    if (al->has_predicted)
+      BSON_APPEND_INT64(&e, "predicted_at_ms", al->predicted_at_ms);
+    else
+      BSON_APPEND_NULL(&e, "predicted_at_ms");
+    BSON_APPEND_UTF8(&e, "message", al->message);
+    BSON_APPEND_INT32(&e, "leaf", al->leaf);
+    bson_append_document_end(&a, &e);
+  }
+  bson_append_array_end(&d, &a);
+  /* Raises per rule so far: the cycle number in alert ids. */
+  bson_t cy;
+  BSON_APPEND_DOCUMENT_BEGIN(&d, "cycles", &cy);
+  for (uint32_t i = 0; i < t->n_alert_cycles; i++)
+    BSON_APPEND_INT64(&cy, t->alert_cycles[i].rule, t->alert_cycles[i].n);
+  bson_append_document_end(&d, &cy);
+  bson_append_document_end(doc, &d);
+}
+
 void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
   char key[16];
   const char *kp;
@@ -213,6 +289,20 @@ void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
     BSON_APPEND_INT64(doc, "last_brake_service_ms", t->last_brake_service_ms);
   else
     BSON_APPEND_NULL(doc, "last_brake_service_ms");
+  put_wear(doc, &t->brake_wear);
+  if (t->delivered) {
+    BSON_APPEND_DOCUMENT_BEGIN(doc, "delivered", &d);
+    BSON_APPEND_INT64(&d, "at_ms", t->delivered_ms);
+    if (t->delivered_has_odometer)
+      BSON_APPEND_DOUBLE(&d, "odometer_km", t->delivered_odometer_km);
+    else
+      BSON_APPEND_NULL(&d, "odometer_km");
+    bson_append_document_end(doc, &d);
+  } else {
+    BSON_APPEND_NULL(doc, "delivered");
+  }
+  BSON_APPEND_INT64(doc, "last_event_ms", t->last_event_ms);
+  put_alerts(doc, t);
 
   BSON_APPEND_ARRAY_BEGIN(doc, "sources", &a);
   for (uint32_t i = 0; i < t->n_sources; i++) {
@@ -467,6 +557,99 @@ static void read_source(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
   free(name);
 }
 
+static void read_wear(tw_wear_t *w, const bson_iter_t *it) {
+  bson_iter_t in;
+  if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &in)) return;
+  while (bson_iter_next(&in)) {
+    const char *b = bson_iter_key(&in);
+    if (strcmp(b, "samples") == 0)
+      w->n = (uint64_t)it_i64(&in);
+    else if (strcmp(b, "t0_ms") == 0)
+      w->t0_ms = it_i64(&in);
+    else if (strcmp(b, "last_at_ms") == 0)
+      w->t_last = it_i64(&in);
+    else if (strcmp(b, "last_mm") == 0)
+      w->y_last = it_dbl(&in);
+    else if (strcmp(b, "sum_t") == 0)
+      w->st = it_dbl(&in);
+    else if (strcmp(b, "sum_y") == 0)
+      w->sy = it_dbl(&in);
+    else if (strcmp(b, "sum_tt") == 0)
+      w->stt = it_dbl(&in);
+    else if (strcmp(b, "sum_ty") == 0)
+      w->sty = it_dbl(&in);
+    else if (strcmp(b, "km_samples") == 0)
+      w->nk = (uint64_t)it_i64(&in);
+    else if (strcmp(b, "k0") == 0)
+      w->k0 = it_dbl(&in);
+    else if (strcmp(b, "sum_k") == 0)
+      w->sk = it_dbl(&in);
+    else if (strcmp(b, "sum_kk") == 0)
+      w->skk = it_dbl(&in);
+    else if (strcmp(b, "sum_ky") == 0)
+      w->sky = it_dbl(&in);
+    else if (strcmp(b, "sum_yk") == 0)
+      w->syk = it_dbl(&in);
+  }
+}
+
+static void read_alerts(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
+  bson_iter_t in, act, e, cy;
+  if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &in)) return;
+  if (bson_iter_find(&in, "cycles") && BSON_ITER_HOLDS_DOCUMENT(&in) && bson_iter_recurse(&in, &cy)) {
+    while (bson_iter_next(&cy)) {
+      t->alert_cycles = tw_xrealloc(t->alert_cycles, (t->n_alert_cycles + 1) * sizeof *t->alert_cycles);
+      t->alert_cycles[t->n_alert_cycles].rule = tw_xstrdup(bson_iter_key(&cy));
+      t->alert_cycles[t->n_alert_cycles++].n = (uint32_t)it_i64(&cy);
+    }
+  }
+  if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &in)) return;
+  if (!bson_iter_find(&in, "active") || !BSON_ITER_HOLDS_ARRAY(&in) || !bson_iter_recurse(&in, &act)) return;
+  while (bson_iter_next(&act)) {
+    if (!bson_iter_recurse(&act, &e)) continue;
+    tw_alert_t al = {0};
+    while (bson_iter_next(&e)) {
+      const char *b = bson_iter_key(&e);
+      if (strcmp(b, "rule") == 0)
+        al.rule = it_str(&e);
+      else if (strcmp(b, "alert_id") == 0)
+        al.alert_id = it_str(&e);
+      else if (strcmp(b, "message") == 0)
+        al.message = it_str(&e);
+      else if (strcmp(b, "unit") == 0)
+        al.unit = it_str(&e);
+      else if (strcmp(b, "severity") == 0) {
+        char *s = it_str(&e);
+        for (int v = 0; s && v <= TWIN__V1__SEVERITY__CRITICAL; v++)
+          if (strcmp(s, severity_name(v)) == 0) al.severity = v;
+        free(s);
+      } else if (strcmp(b, "since") == 0)
+        al.since_ms = it_i64(&e);
+      else if (strcmp(b, "value") == 0)
+        al.value = it_dbl(&e);
+      else if (strcmp(b, "threshold") == 0)
+        al.threshold = it_dbl(&e);
+      else if (strcmp(b, "predicted_at_ms") == 0 && !BSON_ITER_HOLDS_NULL(&e)) {
+        al.has_predicted = true;
+        al.predicted_at_ms = it_i64(&e);
+      } else if (strcmp(b, "leaf") == 0)
+        al.leaf = (int)it_i64(&e);
+    }
+    if (!al.rule || !al.alert_id) {
+      rd_fail(r, "snapshot %s: alerts.active entry without rule or alert_id", t->product_id);
+      free(al.rule);
+      free(al.alert_id);
+      free(al.message);
+      free(al.unit);
+      continue;
+    }
+    if (!al.message) al.message = tw_xstrdup("");
+    if (!al.unit) al.unit = tw_xstrdup("");
+    t->alerts = tw_xrealloc(t->alerts, (t->n_alerts + 1) * sizeof *t->alerts);
+    t->alerts[t->n_alerts++] = al;
+  }
+}
+
 tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, size_t err_cap) {
   bson_iter_t it, in;
   rd_t r = {err, err_cap, false};
@@ -531,6 +714,23 @@ tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, 
       }
     } else if (strcmp(k, "last_brake_service_ms") == 0)
       t->last_brake_service_ms = it_i64(&it);
+    else if (strcmp(k, "brake_wear") == 0)
+      read_wear(&t->brake_wear, &it);
+    else if (strcmp(k, "delivered") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &in)) {
+      t->delivered = true;
+      while (bson_iter_next(&in)) {
+        const char *b = bson_iter_key(&in);
+        if (strcmp(b, "at_ms") == 0)
+          t->delivered_ms = it_i64(&in);
+        else if (strcmp(b, "odometer_km") == 0 && !BSON_ITER_HOLDS_NULL(&in)) {
+          t->delivered_has_odometer = true;
+          t->delivered_odometer_km = it_dbl(&in);
+        }
+      }
+    } else if (strcmp(k, "last_event_ms") == 0)
+      t->last_event_ms = it_i64(&it);
+    else if (strcmp(k, "alerts") == 0)
+      read_alerts(t, &it, &r);
     else if (strcmp(k, "sources") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) read_source(t, &in, &r);
     } else if (strcmp(k, "counters") == 0 && bson_iter_recurse(&it, &in)) {

@@ -26,9 +26,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "map.h"
 #include "store.h"
 #include "twin/log.h"
+#include "twin/rules.h"
 #include "twin/twin.h"
 #include "util.h"
 
@@ -54,21 +56,48 @@ typedef struct {
   int64_t ckpt; /* next offset last checkpointed */
 } part_t;
 
-typedef enum { CMD_ASSIGN, CMD_REVOKE } cmd_kind_t;
+typedef enum { CMD_ASSIGN, CMD_REVOKE, CMD_QUERY } cmd_kind_t;
+
+/* A look-up of one twin for the HTTP API, answered by the shard that holds
+ * it. The asking thread may give up waiting (ABANDONED); the shard then
+ * frees the query. state is guarded by the shard's mutex. */
+typedef enum { Q_PENDING, Q_DONE, Q_ABANDONED } query_state_t;
+typedef struct {
+  char *product_id;
+  bson_t doc;
+  bool found;
+  tw_http_twin_meta_t meta;
+  query_state_t state;
+} query_t;
 
 typedef struct cmd {
   cmd_kind_t kind;
   int topic_idx;
   int32_t partition;
   int64_t offset; /* CMD_ASSIGN: where consumption starts (checkpoint) */
+  query_t *query; /* CMD_QUERY */
   struct cmd *next;
 } cmd_t;
 
 typedef struct engine engine_t;
 
+/* Flush histograms: twins per flush and seconds per flush. */
+#define FLUSH_SIZE_BUCKETS 7
+#define FLUSH_TIME_BUCKETS 9
+static const double flush_size_le[FLUSH_SIZE_BUCKETS] = {1, 10, 100, 1000, 10000, 100000, 1000000};
+static const double flush_time_le[FLUSH_TIME_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10};
+
+/* Counters read by the stats log and /metrics; [topic] = TW_TOPIC_*. */
 typedef struct {
-  _Atomic uint64_t consumed, applied, stale, duplicate, too_late, rejected, replayed, dlq, flushes,
-      flushed_twins;
+  _Atomic uint64_t consumed[2], applied[2], stale[2], duplicate[2], too_late[2], rejected[2], replayed[2],
+      dlq[2];
+  _Atomic uint64_t flushes, flushed_twins, alerts_raised, alerts_cleared;
+  _Atomic uint64_t flush_size_bucket[FLUSH_SIZE_BUCKETS], flush_time_bucket[FLUSH_TIME_BUCKETS];
+  _Atomic uint64_t flush_time_us;      /* sum */
+  _Atomic int64_t last_flush_wall_ms;  /* 0 = none yet */
+  _Atomic int64_t dirty_since_wall_ms; /* oldest unflushed change, 0 = none */
+  _Atomic uint64_t twins_in_memory;
+  _Atomic bool outage;
 } stats_t;
 
 typedef struct {
@@ -85,7 +114,8 @@ typedef struct {
   int64_t last_flush_ms;
   bool outage; /* MongoDB or Kafka unavailable: partitions paused */
   int64_t outage_since;
-  bool dlq_pending; /* DLQ messages produced since the last flush */
+  bool dlq_pending;    /* DLQ messages produced since the last flush */
+  bool alerts_pending; /* alerts produced since the last flush */
 
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -100,12 +130,18 @@ struct engine {
   const char *group;
   const char *topics[2];
   rd_kafka_t *consumer, *producer;
+  tw_rules_t *rules; /* compiled once, read by every shard */
   tw_store_t *store; /* main thread's */
   shard_t *shards;
   int n_shards;
   int32_t n_partitions;
   _Atomic uint64_t dlq_failed;
   _Atomic bool shards_exit;
+  /* For /metrics and /readyz, written by the threads that know. */
+  _Atomic int64_t *processed; /* [topic * n_partitions + p]: next offset applied, -1 = none */
+  _Atomic int assigned;       /* input partitions assigned to this instance */
+  _Atomic bool mongo_ok;      /* the main thread's last ping */
+  tw_http_t *http;
 };
 
 /* ---- Small helpers --------------------------------------------------------- */
@@ -134,6 +170,7 @@ static part_t *shard_part(shard_t *s, int topic_idx, int32_t partition, bool cre
 static void mark_dirty(shard_t *s, tw_twin_t *t) {
   if (t->dirty) return;
   t->dirty = true;
+  if (s->n_dirty == 0) atomic_store(&s->st.dirty_since_wall_ms, tw_now_ms());
   if (s->n_dirty == s->cap_dirty) {
     s->cap_dirty = s->cap_dirty ? s->cap_dirty * 2 : 1024;
     s->dirty = tw_xrealloc(s->dirty, s->cap_dirty * sizeof *s->dirty);
@@ -201,9 +238,15 @@ static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
     if (ok && !tw_config_kafka(cfg, "queued.max.messages.kbytes"))
       ok = kconf_set(kc, "queued.max.messages.kbytes", "16384", "engine");
   } else if (ok) {
+    /* Alerts and dead letters: idempotent (no duplicates from retries) and
+     * never expiring; a flush waits for them before the snapshots that
+     * depend on them are written. */
     ok = kconf_set(kc, "enable.idempotence", "true", "engine") &&
-         kconf_set(kc, "message.timeout.ms", "0", "engine"); /* DLQ messages never expire */
-    if (ok && !tw_config_kafka(cfg, "linger.ms")) ok = kconf_set(kc, "linger.ms", "20", "engine");
+         kconf_set(kc, "message.timeout.ms", "0", "engine");
+    if (ok && !tw_config_kafka(cfg, "linger.ms")) ok = kconf_set(kc, "linger.ms", "5", "engine");
+    /* Keyed messages land where Java clients would put them. */
+    if (ok && !tw_config_kafka(cfg, "partitioner"))
+      ok = kconf_set(kc, "partitioner", "murmur2_random", "engine");
   }
   if (!ok) {
     rd_kafka_conf_destroy(kc);
@@ -217,7 +260,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
   engine_t *e = opaque;
   if (m->err) {
     atomic_fetch_add(&e->dlq_failed, 1);
-    TW_ERROR("dlq", "dead-letter delivery failed: %s", rd_kafka_err2str(m->err));
+    TW_ERROR("producer", "delivery to %s failed: %s", rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
   }
 }
 
@@ -255,9 +298,44 @@ static void dlq_send(shard_t *s, const rd_kafka_message_t *m, const char *reason
     break;
   }
   s->dlq_pending = true;
-  atomic_fetch_add(&s->st.dlq, 1);
+  int ti = topic_index(e, topic);
+  atomic_fetch_add(&s->st.dlq[ti < 0 ? 0 : ti], 1);
   TW_DEBUG("dlq", "%s/%d@%lld -> %s: %s", topic, m->partition, (long long)m->offset, e->cfg->topic_dlq,
            reason);
+}
+
+/* ---- Alerts ---------------------------------------------------------------- */
+
+static void alert_cb(void *ud, const Twin__V1__MaintenanceAlert *al) {
+  shard_t *s = ud;
+  engine_t *e = s->e;
+  uint8_t stackbuf[2048];
+  size_t len = twin__v1__maintenance_alert__get_packed_size(al);
+  uint8_t *buf = len <= sizeof stackbuf ? stackbuf : tw_xmalloc(len);
+  twin__v1__maintenance_alert__pack(al, buf);
+  for (;;) {
+    rd_kafka_resp_err_t err =
+        rd_kafka_producev(e->producer, RD_KAFKA_V_TOPIC(e->cfg->topic_alerts),
+                          RD_KAFKA_V_KEY(al->product_id, strlen(al->product_id)), RD_KAFKA_V_VALUE(buf, len),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+    if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !g_abort) {
+      sleep_ms(5);
+      continue;
+    }
+    TW_ERROR("alerts", "cannot produce to %s: %s (%s %s)", e->cfg->topic_alerts, rd_kafka_err2str(err),
+             al->product_id, al->rule_id);
+    atomic_fetch_add(&e->dlq_failed, 1);
+    break;
+  }
+  if (buf != stackbuf) free(buf);
+  s->alerts_pending = true;
+  if (al->state == TWIN__V1__ALERT_STATE__RAISED)
+    atomic_fetch_add(&s->st.alerts_raised, 1);
+  else
+    atomic_fetch_add(&s->st.alerts_cleared, 1);
+  TW_DEBUG("alerts", "%s %s %s: %s", al->product_id, al->rule_id,
+           al->state == TWIN__V1__ALERT_STATE__RAISED ? "RAISED" : "CLEARED", al->message);
 }
 
 /* ---- Outage handling ------------------------------------------------------- */
@@ -279,6 +357,7 @@ static void set_paused(shard_t *s, bool pause) {
 static void outage_begin(shard_t *s, const char *what, const char *why) {
   if (s->outage) return;
   s->outage = true;
+  atomic_store(&s->st.outage, true);
   s->outage_since = tw_mono_ms();
   TW_WARN("shard", "shard %d: %s unavailable (%s); pausing its partitions and retrying", s->id, what, why);
   set_paused(s, true);
@@ -287,6 +366,7 @@ static void outage_begin(shard_t *s, const char *what, const char *why) {
 static void outage_end(shard_t *s) {
   if (!s->outage) return;
   s->outage = false;
+  atomic_store(&s->st.outage, false);
   TW_INFO("shard", "shard %d: available again after %.1f s; resuming", s->id,
           (double)(tw_mono_ms() - s->outage_since) / 1000.0);
   set_paused(s, false);
@@ -299,6 +379,17 @@ static bool flush(shard_t *s) {
   bson_error_t err;
   int64_t t0 = tw_mono_ms();
   size_t n = s->n_dirty;
+  /* Alerts and dead letters first: a snapshot that says an alert is active
+   * (or a checkpoint past a bad message) is only written once Kafka has
+   * them, so a crash can repeat them but never lose them. */
+  if (s->dlq_pending || s->alerts_pending) {
+    rd_kafka_resp_err_t ferr = rd_kafka_flush(e->producer, 10000);
+    if (ferr) {
+      outage_begin(s, "Kafka (alerts and dead-letter producer)", rd_kafka_err2str(ferr));
+      return false;
+    }
+    s->dlq_pending = s->alerts_pending = false;
+  }
   if (n) {
     size_t stale = 0;
     if (!tw_store_write_twins(s->store, s->dirty, n, tw_now_ms(), &stale, &err)) {
@@ -311,14 +402,6 @@ static bool flush(shard_t *s) {
       s->dirty[i]->stored = true;
     }
     s->n_dirty = 0;
-  }
-  if (s->dlq_pending) {
-    rd_kafka_resp_err_t ferr = rd_kafka_flush(e->producer, 10000);
-    if (ferr) {
-      outage_begin(s, "Kafka (dead-letter producer)", rd_kafka_err2str(ferr));
-      return false;
-    }
-    s->dlq_pending = false;
   }
   tw_checkpoint_t cps[64];
   size_t nc = 0;
@@ -349,9 +432,17 @@ static bool flush(shard_t *s) {
   if (commit->cnt) rd_kafka_commit(e->consumer, commit, 1);
   rd_kafka_topic_partition_list_destroy(commit);
   s->last_flush_ms = tw_mono_ms();
+  atomic_store(&s->st.last_flush_wall_ms, tw_now_ms());
+  atomic_store(&s->st.dirty_since_wall_ms, 0);
   if (n) {
+    double secs = (double)(tw_mono_ms() - t0) / 1000.0;
     atomic_fetch_add(&s->st.flushes, 1);
     atomic_fetch_add(&s->st.flushed_twins, n);
+    atomic_fetch_add(&s->st.flush_time_us, (uint64_t)(secs * 1e6));
+    for (int b = 0; b < FLUSH_SIZE_BUCKETS; b++)
+      if ((double)n <= flush_size_le[b]) atomic_fetch_add(&s->st.flush_size_bucket[b], 1);
+    for (int b = 0; b < FLUSH_TIME_BUCKETS; b++)
+      if (secs <= flush_time_le[b]) atomic_fetch_add(&s->st.flush_time_bucket[b], 1);
     TW_DEBUG("shard", "shard %d: flushed %zu twins in %lld ms", s->id, n, (long long)(tw_mono_ms() - t0));
   }
   outage_end(s);
@@ -387,6 +478,40 @@ static void drop_partition_twins(shard_t *s, int32_t partition) {
     tw_twin_destroy(victims[i]);
   }
   free(victims);
+  atomic_store(&s->st.twins_in_memory, m->len);
+}
+
+static void answer_query(shard_t *s, query_t *q) {
+  tw_twin_t *t = tw_map_get(&s->twins, q->product_id);
+  part_t *p = t && t->partition >= 0 ? shard_part(s, TW_TOPIC_TELEMETRY, t->partition, false) : NULL;
+  part_t *p2 = t && t->partition >= 0 ? shard_part(s, TW_TOPIC_LIFECYCLE, t->partition, false) : NULL;
+  bool owned = (p && p->owned) || (p2 && p2->owned);
+  bson_t doc = BSON_INITIALIZER;
+  if (t && owned) tw_twin_to_bson(t, tw_now_ms(), &doc);
+  pthread_mutex_lock(&s->mu);
+  if (q->state == Q_ABANDONED) {
+    pthread_mutex_unlock(&s->mu);
+    bson_destroy(&doc);
+    bson_destroy(&q->doc);
+    free(q->product_id);
+    free(q);
+    return;
+  }
+  if (t && owned) {
+    bson_destroy(&q->doc);
+    bson_steal(&q->doc, &doc);
+    q->found = true;
+    q->meta = (tw_http_twin_meta_t){.partition = t->partition,
+                                    .shard = s->id,
+                                    .dirty = t->dirty,
+                                    .last_event_ms = t->last_event_ms,
+                                    .flushed_ms = atomic_load(&s->st.last_flush_wall_ms)};
+  } else {
+    bson_destroy(&doc);
+  }
+  q->state = Q_DONE;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
 }
 
 static void run_commands(shard_t *s) {
@@ -399,6 +524,10 @@ static void run_commands(shard_t *s) {
 
   bool revoked = false;
   for (cmd_t *i = c; i; i = i->next) {
+    if (i->kind == CMD_QUERY) {
+      answer_query(s, i->query);
+      continue;
+    }
     part_t *p = shard_part(s, i->topic_idx, i->partition, true);
     if (i->kind == CMD_ASSIGN) {
       p->owned = true;
@@ -431,9 +560,10 @@ static void run_commands(shard_t *s) {
 }
 
 /* Called by the main thread; returns the sequence number to wait for. */
-static uint64_t shard_send(shard_t *s, cmd_kind_t kind, int topic_idx, int32_t partition, int64_t offset) {
+static uint64_t shard_send(shard_t *s, cmd_kind_t kind, int topic_idx, int32_t partition, int64_t offset,
+                           query_t *query) {
   cmd_t *c = tw_xcalloc(1, sizeof *c);
-  *c = (cmd_t){kind, topic_idx, partition, offset, NULL};
+  *c = (cmd_t){kind, topic_idx, partition, offset, query, NULL};
   pthread_mutex_lock(&s->mu);
   cmd_t **tail = &s->cmds;
   while (*tail) tail = &(*tail)->next;
@@ -539,8 +669,9 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
       rd_kafka_message_destroy(m);
       continue;
     }
-    atomic_fetch_add(&s->st.consumed, 1);
+    atomic_fetch_add(&s->st.consumed[ti], 1);
     p->next = m->offset + 1;
+    atomic_store(&e->processed[ti * e->n_partitions + m->partition], p->next);
     Twin__V1__Envelope *env = NULL;
     if (m->len > (size_t)e->cfg->message_max_bytes) {
       snprintf(reason, sizeof reason, "message is %zu bytes, more than message.max.bytes (%lld)", m->len,
@@ -567,23 +698,27 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     int ti = pd->part->topic_idx;
     t->partition = pd->m->partition;
     if (pd->m->offset <= t->offsets[ti]) {
-      atomic_fetch_add(&s->st.replayed, 1); /* already in the stored snapshot */
+      atomic_fetch_add(&s->st.replayed[ti], 1); /* already in the stored snapshot */
     } else {
       const char *why = NULL;
       tw_outcome_t o = tw_reduce(t, pd->env, &why);
       t->offsets[ti] = pd->m->offset;
       mark_dirty(s, t);
+      if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
+        tw_rule_event_t rev = {pd->env->event_time_ms, pd->env->source, pd->env->seq};
+        tw_rules_eval(e->rules, t, &rev, alert_cb, s);
+      }
       switch (o) {
-      case TW_OUT_APPLIED: atomic_fetch_add(&s->st.applied, 1); break;
-      case TW_OUT_STALE: atomic_fetch_add(&s->st.stale, 1); break;
-      case TW_OUT_DUPLICATE: atomic_fetch_add(&s->st.duplicate, 1); break;
+      case TW_OUT_APPLIED: atomic_fetch_add(&s->st.applied[ti], 1); break;
+      case TW_OUT_STALE: atomic_fetch_add(&s->st.stale[ti], 1); break;
+      case TW_OUT_DUPLICATE: atomic_fetch_add(&s->st.duplicate[ti], 1); break;
       case TW_OUT_TOO_LATE:
-        atomic_fetch_add(&s->st.too_late, 1);
+        atomic_fetch_add(&s->st.too_late[ti], 1);
         TW_DEBUG("reducer", "%s: seq %llu from %s is older than the window: counted, not applied",
                  t->product_id, (unsigned long long)pd->env->seq, pd->env->source);
         break;
       case TW_OUT_REJECTED:
-        atomic_fetch_add(&s->st.rejected, 1);
+        atomic_fetch_add(&s->st.rejected[ti], 1);
         TW_DEBUG("reducer", "%s: %s rejected: %s", t->product_id,
                  tw_lifecycle_kind_name((int)pd->env->lifecycle->kind), why);
         break;
@@ -594,6 +729,7 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     rd_kafka_message_destroy(pd->m);
   }
   free(pend);
+  atomic_store(&s->st.twins_in_memory, s->twins.len);
 }
 
 /* ---- Shard thread ---------------------------------------------------------- */
@@ -676,7 +812,7 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
      * this store and is read from its beginning. */
     tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
     shard_t *s = &e->shards[tp->partition % e->n_shards];
-    shard_send(s, CMD_ASSIGN, ti, tp->partition, off);
+    shard_send(s, CMD_ASSIGN, ti, tp->partition, off, NULL);
     rd_kafka_queue_t *pq = rd_kafka_queue_get_partition(e->consumer, tp->topic, tp->partition);
     if (pq) {
       rd_kafka_queue_forward(pq, s->q);
@@ -685,6 +821,7 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
     TW_INFO("engine", "assigned %s[%d] to shard %d from offset %lld%s", tp->topic, tp->partition, s->id,
             (long long)(off >= 0 ? off : 0), off >= 0 ? " (checkpoint)" : " (no checkpoint: beginning)");
   }
+  atomic_fetch_add(&e->assigned, parts->cnt);
   if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
     rd_kafka_error_t *err = rd_kafka_incremental_assign(e->consumer, parts);
     if (err) {
@@ -710,12 +847,13 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
   } else {
     rd_kafka_assign(e->consumer, NULL); /* eager: the whole assignment goes */
   }
+  atomic_fetch_sub(&e->assigned, parts->cnt);
   uint64_t *wait = tw_xcalloc((size_t)e->n_shards, sizeof *wait);
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *tp = &parts->elems[i];
     int ti = topic_index(e, tp->topic);
     shard_t *s = &e->shards[tp->partition % e->n_shards];
-    wait[s->id] = shard_send(s, CMD_REVOKE, ti, tp->partition, -1);
+    wait[s->id] = shard_send(s, CMD_REVOKE, ti, tp->partition, -1, NULL);
   }
   for (int k = 0; k < e->n_shards; k++)
     if (wait[k]) shard_wait(&e->shards[k], wait[k]);
@@ -734,6 +872,181 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     TW_ERROR("engine", "rebalance error: %s", rd_kafka_err2str(err));
 }
 
+/* ---- For the HTTP server: twins in memory, metrics, readiness --------------- */
+
+/* Asks every shard for the twin (only its owner holds it); waits at most
+ * 2 s, e.g. behind a slow flush, after which the caller reads MongoDB. */
+static bool http_twin(void *ud, const char *product_id, bson_t *doc, tw_http_twin_meta_t *meta) {
+  engine_t *e = ud;
+  if (atomic_load(&e->shards_exit)) return false;
+  query_t **qs = tw_xcalloc((size_t)e->n_shards, sizeof *qs);
+  for (int k = 0; k < e->n_shards; k++) {
+    qs[k] = tw_xcalloc(1, sizeof *qs[k]);
+    qs[k]->product_id = tw_xstrdup(product_id);
+    bson_init(&qs[k]->doc);
+    shard_send(&e->shards[k], CMD_QUERY, 0, -1, -1, qs[k]);
+  }
+  int64_t deadline = tw_mono_ms() + 2000;
+  bool found = false;
+  for (int k = 0; k < e->n_shards; k++) {
+    shard_t *s = &e->shards[k];
+    query_t *q = qs[k];
+    pthread_mutex_lock(&s->mu);
+    while (q->state == Q_PENDING && tw_mono_ms() < deadline) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 50000000;
+      if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+      }
+      pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    if (q->state == Q_PENDING) { /* the shard frees it when it gets to it */
+      q->state = Q_ABANDONED;
+      pthread_mutex_unlock(&s->mu);
+      continue;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (q->found && !found) {
+      bson_concat(doc, &q->doc);
+      *meta = q->meta;
+      found = true;
+    }
+    bson_destroy(&q->doc);
+    free(q->product_id);
+    free(q);
+  }
+  free(qs);
+  return found;
+}
+
+static void metric_head(bson_string_t *o, const char *name, const char *type, const char *help) {
+  bson_string_append_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void http_metrics(void *ud, bson_string_t *o) {
+  engine_t *e = ud;
+  static const char *outcomes[] = {"consumed", "applied",  "stale",    "duplicate",
+                                   "too_late", "rejected", "replayed", "dlq"};
+  metric_head(o, "twin_events_total", "counter",
+              "Input messages by topic, shard and outcome (consumed = all; replayed = already in the stored "
+              "snapshot after a restart; dlq = sent to the dead-letter topic).");
+  for (int k = 0; k < e->n_shards; k++) {
+    stats_t *st = &e->shards[k].st;
+    for (int t = 0; t < 2; t++) {
+      uint64_t v[8] = {st->consumed[t], st->applied[t],  st->stale[t],    st->duplicate[t],
+                       st->too_late[t], st->rejected[t], st->replayed[t], st->dlq[t]};
+      for (int i = 0; i < 8; i++)
+        bson_string_append_printf(o, "twin_events_total{topic=\"%s\",shard=\"%d\",outcome=\"%s\"} %llu\n",
+                                  e->topics[t], k, outcomes[i], (unsigned long long)v[i]);
+    }
+  }
+  metric_head(o, "twin_consumer_lag", "gauge",
+              "Messages in an assigned input partition not yet applied (high watermark - next offset).");
+  rd_kafka_topic_partition_list_t *asg = NULL;
+  if (rd_kafka_assignment(e->consumer, &asg) == RD_KAFKA_RESP_ERR_NO_ERROR && asg) {
+    for (int i = 0; i < asg->cnt; i++) {
+      rd_kafka_topic_partition_t *tp = &asg->elems[i];
+      int t = topic_index(e, tp->topic);
+      int64_t lo = -1, hi = -1;
+      if (t < 0 || tp->partition >= e->n_partitions ||
+          rd_kafka_get_watermark_offsets(e->consumer, tp->topic, tp->partition, &lo, &hi) || hi < 0)
+        continue;
+      int64_t next = atomic_load(&e->processed[t * e->n_partitions + tp->partition]);
+      if (next < lo) next = lo;
+      bson_string_append_printf(o, "twin_consumer_lag{topic=\"%s\",partition=\"%d\"} %lld\n", tp->topic,
+                                tp->partition, (long long)(hi > next ? hi - next : 0));
+    }
+    rd_kafka_topic_partition_list_destroy(asg);
+  }
+  metric_head(o, "twin_flush_twins", "histogram", "Twins written per snapshot flush, by shard.");
+  for (int k = 0; k < e->n_shards; k++) {
+    stats_t *st = &e->shards[k].st;
+    for (int b = 0; b < FLUSH_SIZE_BUCKETS; b++)
+      bson_string_append_printf(o, "twin_flush_twins_bucket{shard=\"%d\",le=\"%g\"} %llu\n", k,
+                                flush_size_le[b], (unsigned long long)st->flush_size_bucket[b]);
+    bson_string_append_printf(o, "twin_flush_twins_bucket{shard=\"%d\",le=\"+Inf\"} %llu\n", k,
+                              (unsigned long long)st->flushes);
+    bson_string_append_printf(o, "twin_flush_twins_sum{shard=\"%d\"} %llu\n", k,
+                              (unsigned long long)st->flushed_twins);
+    bson_string_append_printf(o, "twin_flush_twins_count{shard=\"%d\"} %llu\n", k,
+                              (unsigned long long)st->flushes);
+  }
+  metric_head(o, "twin_flush_duration_seconds", "histogram",
+              "Duration of snapshot flushes that wrote twins (alerts, snapshots, checkpoints), by shard.");
+  for (int k = 0; k < e->n_shards; k++) {
+    stats_t *st = &e->shards[k].st;
+    for (int b = 0; b < FLUSH_TIME_BUCKETS; b++)
+      bson_string_append_printf(o, "twin_flush_duration_seconds_bucket{shard=\"%d\",le=\"%g\"} %llu\n", k,
+                                flush_time_le[b], (unsigned long long)st->flush_time_bucket[b]);
+    bson_string_append_printf(o, "twin_flush_duration_seconds_bucket{shard=\"%d\",le=\"+Inf\"} %llu\n", k,
+                              (unsigned long long)st->flushes);
+    bson_string_append_printf(o, "twin_flush_duration_seconds_sum{shard=\"%d\"} %.6f\n", k,
+                              (double)st->flush_time_us / 1e6);
+    bson_string_append_printf(o, "twin_flush_duration_seconds_count{shard=\"%d\"} %llu\n", k,
+                              (unsigned long long)st->flushes);
+  }
+  int64_t now = tw_now_ms();
+  metric_head(o, "twin_snapshot_staleness_seconds", "gauge",
+              "Age of the oldest change not yet in MongoDB, by shard (0 = everything written).");
+  for (int k = 0; k < e->n_shards; k++) {
+    int64_t since = atomic_load(&e->shards[k].st.dirty_since_wall_ms);
+    bson_string_append_printf(o, "twin_snapshot_staleness_seconds{shard=\"%d\"} %.3f\n", k,
+                              since > 0 && now > since ? (double)(now - since) / 1000.0 : 0.0);
+  }
+  metric_head(o, "twin_alerts_total", "counter", "Maintenance alerts sent, by shard and state.");
+  for (int k = 0; k < e->n_shards; k++) {
+    stats_t *st = &e->shards[k].st;
+    bson_string_append_printf(o, "twin_alerts_total{shard=\"%d\",state=\"raised\"} %llu\n", k,
+                              (unsigned long long)st->alerts_raised);
+    bson_string_append_printf(o, "twin_alerts_total{shard=\"%d\",state=\"cleared\"} %llu\n", k,
+                              (unsigned long long)st->alerts_cleared);
+  }
+  metric_head(o, "twin_twins_in_memory", "gauge", "Twins held in memory, by shard.");
+  for (int k = 0; k < e->n_shards; k++)
+    bson_string_append_printf(o, "twin_twins_in_memory{shard=\"%d\"} %llu\n", k,
+                              (unsigned long long)e->shards[k].st.twins_in_memory);
+  metric_head(o, "twin_shard_paused", "gauge",
+              "1 while a shard waits for MongoDB or Kafka (partitions paused).");
+  for (int k = 0; k < e->n_shards; k++)
+    bson_string_append_printf(o, "twin_shard_paused{shard=\"%d\"} %d\n", k,
+                              atomic_load(&e->shards[k].st.outage) ? 1 : 0);
+  metric_head(o, "twin_assigned_partitions", "gauge", "Input partitions assigned to this instance.");
+  bson_string_append_printf(o, "twin_assigned_partitions %d\n", atomic_load(&e->assigned));
+  metric_head(o, "twin_mongodb_up", "gauge", "1 when the last MongoDB ping (every 5 s) answered.");
+  bson_string_append_printf(o, "twin_mongodb_up %d\n", atomic_load(&e->mongo_ok) ? 1 : 0);
+  metric_head(o, "twin_producer_delivery_failures_total", "counter",
+              "Alerts and dead letters Kafka refused for good (logged each).");
+  bson_string_append_printf(o, "twin_producer_delivery_failures_total %llu\n",
+                            (unsigned long long)atomic_load(&e->dlq_failed));
+}
+
+static bool http_ready(void *ud, char *why, size_t cap) {
+  engine_t *e = ud;
+  if (atomic_load(&e->assigned) <= 0) return tw_fail(why, cap, "no partitions assigned yet");
+  if (!atomic_load(&e->mongo_ok)) return tw_fail(why, cap, "MongoDB is not reachable");
+  for (int k = 0; k < e->n_shards; k++)
+    if (atomic_load(&e->shards[k].st.outage))
+      return tw_fail(why, cap, "shard %d is paused: MongoDB or Kafka unavailable", k);
+  return true;
+}
+
+/* Pings MongoDB every 5 s for /readyz and twin_mongodb_up, on its own
+ * thread and connection so a slow server never delays the consumer. */
+static void *health_main(void *arg) {
+  engine_t *e = arg;
+  bson_error_t serr;
+  tw_store_t *st = tw_store_new(e->cfg->mongo_uri, e->cfg->mongo_database, "twin-engine-health", &serr);
+  while (!atomic_load(&e->shards_exit) && !g_stop) {
+    bson_error_t err;
+    atomic_store(&e->mongo_ok, st && tw_store_ping(st, &err));
+    for (int i = 0; i < 50 && !atomic_load(&e->shards_exit) && !g_stop; i++) sleep_ms(100);
+  }
+  tw_store_destroy(st);
+  return NULL;
+}
+
 /* ---- Start-up checks ------------------------------------------------------- */
 
 static bool check_topics(engine_t *e) {
@@ -749,11 +1062,12 @@ static bool check_topics(engine_t *e) {
     return false;
   }
   int counts[2] = {-1, -1};
-  bool dlq = false;
+  bool dlq = false, alerts = false;
   for (int i = 0; i < md->topic_cnt; i++) {
     int ti = topic_index(e, md->topics[i].topic);
     if (ti >= 0 && !md->topics[i].err) counts[ti] = md->topics[i].partition_cnt;
     if (strcmp(md->topics[i].topic, e->cfg->topic_dlq) == 0) dlq = true;
+    if (strcmp(md->topics[i].topic, e->cfg->topic_alerts) == 0 && !md->topics[i].err) alerts = true;
   }
   rd_kafka_metadata_destroy(md);
   for (int ti = 0; ti < 2; ti++) {
@@ -773,6 +1087,13 @@ static bool check_topics(engine_t *e) {
   }
   if (!dlq)
     TW_WARN("engine", "dead-letter topic %s does not exist; bad messages cannot be kept", e->cfg->topic_dlq);
+  if (!alerts && tw_rules_count(e->rules) > 0) {
+    TW_ERROR("engine",
+             "alerts topic %s (topics.alerts) does not exist; create it, or turn alerts off with "
+             "alerts.defaults=false and no alerts.rules",
+             e->cfg->topic_alerts);
+    return false;
+  }
   e->n_partitions = counts[0];
   return true;
 }
@@ -780,29 +1101,34 @@ static bool check_topics(engine_t *e) {
 /* ---- Run ------------------------------------------------------------------- */
 
 static void log_stats(engine_t *e, uint64_t *last, int64_t *last_ms, bool final) {
-  uint64_t c = 0, a = 0, st = 0, d = 0, tl = 0, r = 0, q = 0, rp = 0, f = 0, ft = 0;
+  uint64_t c = 0, a = 0, st = 0, d = 0, tl = 0, r = 0, q = 0, rp = 0, f = 0, ft = 0, ar = 0, ac = 0;
   for (int i = 0; i < e->n_shards; i++) {
     stats_t *s = &e->shards[i].st;
-    c += s->consumed;
-    a += s->applied;
-    st += s->stale;
-    d += s->duplicate;
-    tl += s->too_late;
-    r += s->rejected;
-    q += s->dlq;
-    rp += s->replayed;
+    for (int t = 0; t < 2; t++) {
+      c += s->consumed[t];
+      a += s->applied[t];
+      st += s->stale[t];
+      d += s->duplicate[t];
+      tl += s->too_late[t];
+      r += s->rejected[t];
+      q += s->dlq[t];
+      rp += s->replayed[t];
+    }
     f += s->flushes;
     ft += s->flushed_twins;
+    ar += s->alerts_raised;
+    ac += s->alerts_cleared;
   }
   int64_t now = tw_mono_ms();
   double rate = now > *last_ms ? (double)(c - *last) * 1000.0 / (double)(now - *last_ms) : 0;
   if (c != *last || final)
     TW_INFO("stats",
             "%sconsumed=%llu (%.0f/s) applied=%llu stale=%llu duplicate=%llu too_late=%llu rejected=%llu "
-            "dlq=%llu replayed=%llu flushes=%llu snapshots=%llu",
+            "dlq=%llu replayed=%llu flushes=%llu snapshots=%llu alerts_raised=%llu alerts_cleared=%llu",
             final ? "final " : "", (unsigned long long)c, rate, (unsigned long long)a, (unsigned long long)st,
             (unsigned long long)d, (unsigned long long)tl, (unsigned long long)r, (unsigned long long)q,
-            (unsigned long long)rp, (unsigned long long)f, (unsigned long long)ft);
+            (unsigned long long)rp, (unsigned long long)f, (unsigned long long)ft, (unsigned long long)ar,
+            (unsigned long long)ac);
   *last = c;
   *last_ms = now;
 }
@@ -817,11 +1143,20 @@ int tw_engine_run(const tw_config_t *cfg) {
   e.topics[TW_TOPIC_TELEMETRY] = cfg->topic_telemetry;
   e.topics[TW_TOPIC_LIFECYCLE] = cfg->topic_lifecycle;
   e.n_shards = (int)cfg->shards;
+  {
+    char rerr[512];
+    e.rules = tw_config_rules(cfg, rerr, sizeof rerr);
+    if (!e.rules) {
+      TW_ERROR("config", "%s", rerr);
+      return 1;
+    }
+    TW_INFO("engine", "%zu alert rules -> %s", tw_rules_count(e.rules), cfg->topic_alerts);
+  }
 
   e.store = tw_store_new(cfg->mongo_uri, cfg->mongo_database, "twin-engine", &berr);
   if (!e.store) {
     TW_ERROR("engine", "mongo.uri: %s", berr.message);
-    return 1;
+    goto out_store;
   }
   int64_t backoff = BACKOFF_MIN_MS;
   bool warned = false;
@@ -854,6 +1189,9 @@ int tw_engine_run(const tw_config_t *cfg) {
   rd_kafka_poll_set_consumer(e.consumer);
   if (!check_topics(&e)) goto out_consumer;
 
+  e.processed = tw_xcalloc((size_t)e.n_partitions * 2, sizeof *e.processed);
+  for (int i = 0; i < e.n_partitions * 2; i++) atomic_store(&e.processed[i], -1);
+  atomic_store(&e.mongo_ok, true); /* the ping above answered */
   e.shards = tw_xcalloc((size_t)e.n_shards, sizeof *e.shards);
   for (int i = 0; i < e.n_shards; i++) {
     shard_t *s = &e.shards[i];
@@ -868,6 +1206,15 @@ int tw_engine_run(const tw_config_t *cfg) {
     pthread_cond_init(&s->cv, NULL);
   }
   for (int i = 0; i < e.n_shards; i++) pthread_create(&e.shards[i].thread, NULL, shard_main, &e.shards[i]);
+  pthread_t health;
+  pthread_create(&health, NULL, health_main, &e);
+  tw_http_engine_t cb = {&e, http_twin, http_metrics, http_ready};
+  char herr[512] = "";
+  e.http = tw_http_start(cfg, &cb, herr, sizeof herr);
+  if (!e.http && herr[0]) {
+    TW_ERROR("http", "%s", herr);
+    g_stop = 1;
+  }
 
   rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(2);
   rd_kafka_topic_partition_list_add(subs, cfg->topic_telemetry, RD_KAFKA_PARTITION_UA);
@@ -902,10 +1249,13 @@ int tw_engine_run(const tw_config_t *cfg) {
     TW_INFO("engine", "stopping: flushing every shard");
     rc = 0;
   }
+  /* No new HTTP requests reach a shard from here on. */
+  tw_http_stop(e.http);
   /* Closing the consumer revokes every partition through rebalance_cb,
    * which makes each shard flush and checkpoint. */
   rd_kafka_consumer_close(e.consumer);
   atomic_store(&e.shards_exit, true);
+  pthread_join(health, NULL);
   for (int i = 0; i < e.n_shards; i++) {
     rd_kafka_queue_yield(e.shards[i].q);
     pthread_join(e.shards[i].thread, NULL);
@@ -927,11 +1277,13 @@ int tw_engine_run(const tw_config_t *cfg) {
     pthread_cond_destroy(&s->cv);
   }
   free(e.shards);
+  free(e.processed);
 out_consumer:
   rd_kafka_destroy(e.consumer);
 out_producer:
   rd_kafka_destroy(e.producer);
 out_store:
   tw_store_destroy(e.store);
+  tw_rules_destroy(e.rules);
   return rc;
 }

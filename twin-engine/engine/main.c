@@ -28,6 +28,14 @@ static void on_signal(int sig) {
 }
 
 int main(int argc, char **argv) {
+  /* First thing: a stop request that arrives while starting is honoured
+   * (the engine then stops cleanly) instead of killing the process. */
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
   if (argc < 2) {
     usage(stderr);
     return 2;
@@ -100,13 +108,6 @@ int main(int argc, char **argv) {
 
   mongoc_init();
   tw_log_route_mongoc();
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
-
   int rc = tw_engine_run(&cfg);
   tw_config_cleanup(&cfg);
   mongoc_cleanup();

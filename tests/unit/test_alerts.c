@@ -1,0 +1,426 @@
+/* test_alerts.c - maintenance-alert rules against golden fixtures.
+ *
+ * Every JSON file in tests/fixtures/alerts holds events and the exact
+ * alerts they must produce, in order (every field of MaintenanceAlert).
+ * Each fixture is also replayed with a snapshot round trip after every
+ * event, which must give the same alerts: active alerts and their cycle
+ * numbers live in the twin document. The integration test test_alerts
+ * sends the same fixtures through Kafka and the engine. Also here: the
+ * predictive rule against a known wear curve, and rule configuration. */
+#include <dirent.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fixture.h"
+#include "twin/config.h"
+#include "twin/rules.h"
+#include "twin/twin.h"
+
+#define DAY 86400000LL
+
+typedef struct {
+  char path[1400];
+  bson_t *fx;
+} fx_state_t;
+
+typedef struct {
+  bson_t arr;
+  uint32_t n;
+} collected_t;
+
+static void collect(void *ud, const Twin__V1__MaintenanceAlert *a) {
+  collected_t *c = ud;
+  bson_t d = BSON_INITIALIZER;
+  tw_alert_to_bson(a, &d);
+  char key[16];
+  const char *kp;
+  bson_uint32_to_string(c->n++, &kp, key, sizeof key);
+  BSON_APPEND_DOCUMENT(&c->arr, kp, &d);
+  bson_destroy(&d);
+}
+
+static tw_twin_t *roundtrip(tw_twin_t *t) {
+  bson_t doc = BSON_INITIALIZER;
+  char err[256];
+  tw_twin_to_bson(t, -1, &doc);
+  tw_twin_t *back = tw_twin_from_bson(&doc, t->seq_window, err, sizeof err);
+  if (!back) fail_msg("snapshot did not read back: %s", err);
+  bson_destroy(&doc);
+  tw_twin_destroy(t);
+  return back;
+}
+
+/* Applies one envelope and evaluates the rules, as a shard does. */
+static void apply(const tw_rules_t *rules, tw_twin_t *t, const Twin__V1__Envelope *env, collected_t *c) {
+  tw_outcome_t o = tw_reduce(t, env, NULL);
+  if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
+    tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
+    tw_rules_eval(rules, t, &ev, collect, c);
+  }
+}
+
+static const char *str_field(const bson_t *b, const char *key, const char *def) {
+  bson_iter_t it;
+  if (bson_iter_init_find(&it, b, key) && BSON_ITER_HOLDS_UTF8(&it)) return bson_iter_utf8(&it, NULL);
+  return def;
+}
+
+/* The fixture's rules: the defaults, unless "defaults": false, plus "rules". */
+static tw_rules_t *fixture_rules(const bson_t *fx, tw_rule_spec_t *specs, size_t *n_specs) {
+  bson_iter_t it, r, f;
+  bool defaults = true;
+  *n_specs = 0;
+  if (bson_iter_init_find(&it, fx, "defaults")) defaults = bson_iter_as_bool(&it);
+  if (bson_iter_init_find(&it, fx, "rules") && bson_iter_recurse(&it, &r)) {
+    while (bson_iter_next(&r) && *n_specs < 16) {
+      tw_rule_spec_t *sp = &specs[(*n_specs)++];
+      memset(sp, 0, sizeof *sp);
+      bson_iter_recurse(&r, &f);
+      while (bson_iter_next(&f)) {
+        const char *k = bson_iter_key(&f);
+        char *v = strdup(BSON_ITER_HOLDS_UTF8(&f) ? bson_iter_utf8(&f, NULL) : "?");
+        if (strcmp(k, "id") == 0)
+          sp->id = v;
+        else if (strcmp(k, "severity") == 0)
+          sp->severity = v;
+        else if (strcmp(k, "condition") == 0)
+          sp->condition = v;
+        else if (strcmp(k, "clear") == 0)
+          sp->clear = v;
+        else if (strcmp(k, "message") == 0)
+          sp->message = v;
+        else if (strcmp(k, "clear_message") == 0)
+          sp->clear_message = v;
+        else if (strcmp(k, "limit") == 0)
+          sp->limit = v;
+        else if (strcmp(k, "enabled") == 0)
+          sp->enabled = v;
+        else
+          free(v);
+      }
+    }
+  }
+  char err[512];
+  tw_rules_t *rules = tw_rules_compile(defaults, specs, *n_specs, err, sizeof err);
+  if (!rules) fail_msg("fixture rules do not compile: %s", err);
+  return rules;
+}
+
+static void free_specs(tw_rule_spec_t *specs, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(specs[i].id);
+    free(specs[i].severity);
+    free(specs[i].condition);
+    free(specs[i].clear);
+    free(specs[i].message);
+    free(specs[i].clear_message);
+    free(specs[i].limit);
+    free(specs[i].enabled);
+  }
+}
+
+/* Replays the fixture; restart: round-trip the twin after every event. */
+static tw_twin_t *replay(const fx_state_t *st, bool restart, collected_t *c) {
+  tw_rule_spec_t specs[16];
+  size_t n_specs;
+  tw_rules_t *rules = fixture_rules(st->fx, specs, &n_specs);
+  const char *pid = str_field(st->fx, "product_id", "VIN0ALERT00000001");
+  tw_twin_t *t = tw_twin_new(pid, 0);
+  bson_iter_t it, evs;
+  assert_true(bson_iter_init_find(&evs, st->fx, "events"));
+  bson_iter_recurse(&evs, &it);
+  bson_init(&c->arr);
+  c->n = 0;
+  while (bson_iter_next(&it)) {
+    uint32_t len;
+    const uint8_t *data;
+    bson_iter_document(&it, &len, &data);
+    bson_t ev;
+    bson_init_static(&ev, data, len);
+    char err[512];
+    size_t blen;
+    uint8_t *buf = tw_fixture_encode(&ev, pid, &blen, err, sizeof err);
+    if (!buf) fail_msg("%s: %s", st->path, err);
+    Twin__V1__Envelope *env = twin__v1__envelope__unpack(NULL, blen, buf);
+    free(buf);
+    assert_non_null(env);
+    if (!tw_envelope_validate(env, env->product_id, strlen(env->product_id), err, sizeof err))
+      fail_msg("%s: invalid event: %s", st->path, err);
+    apply(rules, t, env, c);
+    twin__v1__envelope__free_unpacked(env, NULL);
+    if (restart) t = roundtrip(t);
+  }
+  tw_rules_destroy(rules);
+  free_specs(specs, n_specs);
+  return t;
+}
+
+static void test_fixture(void **state) {
+  fx_state_t *st = *state;
+  collected_t got, again;
+  tw_twin_t *t = replay(st, false, &got);
+  bson_iter_t it;
+  assert_true(bson_iter_init_find(&it, st->fx, "alerts"));
+  uint32_t len;
+  const uint8_t *data;
+  bson_iter_array(&it, &len, &data);
+  bson_t want;
+  bson_init_static(&want, data, len);
+  char why[1024];
+  if (!tw_bson_equal(&want, &got.arr, why, sizeof why)) {
+    char *json = bson_as_relaxed_extended_json(&got.arr, NULL);
+    fprintf(stderr, "actual alerts: %s\n", json);
+    bson_free(json);
+    fail_msg("%s: alerts differ: %s", st->path, why);
+  }
+  /* The rules active at the end are in the twin document. */
+  if (bson_iter_init_find(&it, st->fx, "active")) {
+    bson_iter_t a;
+    bson_iter_recurse(&it, &a);
+    uint32_t k = 0;
+    while (bson_iter_next(&a)) {
+      if (k >= t->n_alerts) fail_msg("%s: expected rule %s active", st->path, bson_iter_utf8(&a, NULL));
+      assert_string_equal(bson_iter_utf8(&a, NULL), t->alerts[k].rule);
+      k++;
+    }
+    if (k != t->n_alerts) fail_msg("%s: %u alerts active, expected %u", st->path, t->n_alerts, k);
+  }
+  /* A restart after any event changes nothing. */
+  tw_twin_t *r = replay(st, true, &again);
+  if (!tw_bson_equal(&got.arr, &again.arr, why, sizeof why))
+    fail_msg("%s: with a snapshot round trip after every event the alerts differ: %s", st->path, why);
+  assert_true(tw_twin_state_hash(r) == tw_twin_state_hash(t));
+  bson_destroy(&got.arr);
+  bson_destroy(&again.arr);
+  tw_twin_destroy(r);
+  tw_twin_destroy(t);
+}
+
+/* ---- Predictive rule against a known wear curve ---------------------------- */
+
+static Twin__V1__Envelope *pad_sample(int64_t at, uint64_t seq, double pad, double odo) {
+  static Twin__V1__Envelope env;
+  static Twin__V1__Telemetry tm;
+  static double pads[4];
+  twin__v1__envelope__init(&env);
+  twin__v1__telemetry__init(&tm);
+  env.product_id = "VIN0WEAR000000001";
+  env.source = "tcu";
+  env.seq = seq;
+  env.event_time_ms = at;
+  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
+  env.telemetry = &tm;
+  for (int i = 0; i < 4; i++) pads[i] = pad + 0.4 * i; /* the front-left pad is the thinnest */
+  tm.n_brake_pad_mm = 4;
+  tm.brake_pad_mm = pads;
+  tm._odometer_km_case = TWIN__V1__TELEMETRY___ODOMETER_KM_ODOMETER_KM;
+  tm.odometer_km = odo;
+  return &env;
+}
+
+static double noise(uint64_t *x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return (double)(*x >> 11) * 0x1.0p-53 - 0.5; /* [-0.5, 0.5) */
+}
+
+static void test_predictive_accuracy(void **state) {
+  (void)state;
+  char err[256];
+  tw_rules_t *rules = tw_rules_compile(true, NULL, 0, err, sizeof err);
+  assert_non_null(rules);
+  const int64_t t0 = 1767225600000LL;    /* 2026-01-01 */
+  const double start = 9.0, rate = 0.02; /* mm/day: 3.0 mm on day 300 */
+  const int64_t truth = t0 + 300 * DAY;
+  uint64_t x = 42;
+  tw_twin_t *t = tw_twin_new("VIN0WEAR000000001", 0);
+  collected_t c;
+  bson_init(&c.arr);
+  c.n = 0;
+  uint64_t seq = 0;
+  int raised_at = -1;
+  for (int h = 0; h < 300 * 4 && raised_at < 0; h++) {
+    double d = h / 4.0;
+    double pad = start - rate * d + 0.1 * noise(&x); /* ±0.05 mm sensor noise */
+    apply(rules, t, pad_sample(t0 + (int64_t)(d * DAY), ++seq, pad, 40.0 * d), &c);
+    if (c.n) raised_at = h;
+  }
+  assert_true(raised_at > 0);
+  bson_iter_t it, a;
+  assert_true(bson_iter_init(&it, &c.arr) && bson_iter_next(&it) && bson_iter_recurse(&it, &a));
+  assert_true(bson_iter_find(&a, "rule_id"));
+  assert_string_equal(bson_iter_utf8(&a, NULL), "brake_wear_predicted");
+  assert_true(bson_iter_recurse(&it, &a) && bson_iter_find(&a, "predicted_at_ms"));
+  int64_t pred = bson_iter_int64(&a);
+  int64_t raised_ms = t0 + (int64_t)(raised_at / 4.0 * DAY);
+  double err_frac = fabs((double)(pred - truth)) / (double)(truth - raised_ms);
+  fprintf(stderr, "predictive: raised on day %.2f, predicted day %.3f, truth day 300, error %.2f%%\n",
+          (double)(raised_ms - t0) / DAY, (double)(pred - t0) / DAY, err_frac * 100);
+  assert_true(err_frac <= 0.05);
+
+  /* New pads at a service visit: the estimate resets and the alert clears
+   * once the first sample of the new pads shows them. */
+  Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
+  Twin__V1__LifecycleEvent lc = TWIN__V1__LIFECYCLE_EVENT__INIT;
+  char *parts[] = {"brake_pad_front", "brake_pad_rear"};
+  int64_t now = raised_ms + DAY;
+  env.product_id = "VIN0WEAR000000001";
+  env.source = "dms";
+  env.seq = 1;
+  env.event_time_ms = now;
+  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE;
+  env.lifecycle = &lc;
+  lc.kind = TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT;
+  lc.n_parts_replaced = 2;
+  lc.parts_replaced = parts;
+  t->stage = TW_STAGE_IN_SERVICE; /* the visit needs a vehicle in service */
+  apply(rules, t, &env, &c);
+  assert_int_equal(c.n, 2); /* CLEARED: the fit says nothing about the new pads */
+  apply(rules, t, pad_sample(now + DAY / 4, ++seq, 12.0, 40.0 * 300), &c);
+  assert_int_equal(c.n, 2);
+  assert_int_equal(t->brake_wear.n, 1); /* a fresh fit */
+  assert_int_equal(t->n_alerts, 0);
+  bson_destroy(&c.arr);
+  tw_twin_destroy(t);
+  tw_rules_destroy(rules);
+}
+
+/* ---- Rule configuration ---------------------------------------------------- */
+
+static bool load_yaml(const char *yaml, tw_config_t *c, char *err, size_t cap) {
+  char path[] = "/tmp/twin-alerts-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_true(write(fd, yaml, strlen(yaml)) == (ssize_t)strlen(yaml));
+  close(fd);
+  tw_config_init(c);
+  bool ok = tw_config_load_yaml(c, path, err, cap) && tw_config_validate(c, err, cap);
+  unlink(path);
+  return ok;
+}
+
+static void expect_config_error(const char *yaml, const char *needle) {
+  tw_config_t c;
+  char err[1024] = "";
+  if (load_yaml(yaml, &c, err, sizeof err)) fail_msg("accepted a bad rule config; expected '%s'", needle);
+  if (!strstr(err, needle)) fail_msg("error '%s' does not contain '%s'", err, needle);
+  tw_config_cleanup(&c);
+}
+
+static void test_rule_config(void **state) {
+  (void)state;
+  tw_config_t c;
+  char err[1024] = "";
+  assert_true(load_yaml("alerts:\n"
+                        "  rules:\n"
+                        "    - id: coolant_hot\n"
+                        "      severity: critical\n"
+                        "      condition: metrics.coolant_temp_c > 110 and stage == IN_SERVICE\n"
+                        "      clear: metrics.coolant_temp_c < 100\n"
+                        "      message: \"Coolant at {value} degC\"\n"
+                        "    - id: dtc_active\n"
+                        "      enabled: false\n"
+                        "    - id: brake_pad_low\n"
+                        "      severity: WARNING\n",
+                        &c, err, sizeof err));
+  tw_rules_t *r = tw_config_rules(&c, err, sizeof err);
+  assert_non_null(r);
+  const tw_rule_spec_t *d;
+  size_t nd = tw_rules_default_specs(&d);
+  assert_int_equal(tw_rules_count(r), nd); /* + coolant_hot - dtc_active */
+  bool coolant = false, dtc = false;
+  for (size_t i = 0; i < tw_rules_count(r); i++) {
+    coolant |= strcmp(tw_rules_id(r, i), "coolant_hot") == 0;
+    dtc |= strcmp(tw_rules_id(r, i), "dtc_active") == 0;
+  }
+  assert_true(coolant && !dtc);
+  tw_rules_destroy(r);
+  tw_config_cleanup(&c);
+
+  assert_true(load_yaml("alerts:\n  defaults: false\n", &c, err, sizeof err));
+  r = tw_config_rules(&c, err, sizeof err);
+  assert_int_equal(tw_rules_count(r), 0);
+  tw_rules_destroy(r);
+  tw_config_cleanup(&c);
+
+  expect_config_error("alerts:\n  rules:\n    - id: x\n      condition: battery_temp_c >> 60\n",
+                      "rule x: condition 'battery_temp_c >> 60': expected a number");
+  expect_config_error("alerts:\n  rules:\n    - id: x\n      condition: warp_factor > 9\n",
+                      "unknown signal 'warp_factor'");
+  expect_config_error(
+      "alerts:\n  rules:\n    - id: x\n      severity: loud\n      condition: speed_kph > 1\n",
+      "severity = 'loud' is not allowed: expected one of INFO, WARNING, CRITICAL");
+  expect_config_error("alerts:\n  rules:\n    - id: x\n      condition: speed_kph > 1\n      colour: red\n",
+                      "unknown rule key 'colour'");
+  expect_config_error(
+      "alerts:\n  rules:\n    - id: x\n      condition: speed_kph > 1\n      message: \"{speed}\"\n",
+      "unknown placeholder {speed}");
+  expect_config_error("alerts:\n  rules:\n    - id: x\n", "rule x: condition is missing");
+  expect_config_error("alerts:\n  rules:\n    - id: x\n      condition: stage > BUILT\n",
+                      "stage is compared with == or != only");
+  expect_config_error("alerts:\n  rules:\n    - condition: speed_kph > 1\n", "a rule without id");
+  expect_config_error("alerts:\n  rules:\n    - id: a\n      condition: speed_kph > 1\n"
+                      "    - id: a\n      condition: speed_kph > 2\n",
+                      "the id is used twice");
+  expect_config_error("topics:\n  alerts: twin.dlq\n", "topics.alerts must differ");
+}
+
+/* ---- Registration ---------------------------------------------------------- */
+
+static int fx_setup(void **state) { return *state ? 0 : -1; }
+
+static int fx_teardown(void **state) {
+  fx_state_t *st = *state;
+  bson_destroy(st->fx);
+  free(st);
+  return 0;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int main(void) {
+  const char *src = getenv("TWIN_SOURCE_DIR");
+  char dir[1200];
+  snprintf(dir, sizeof dir, "%s/tests/fixtures/alerts", src ? src : ".");
+  DIR *d = opendir(dir);
+  if (!d) {
+    fprintf(stderr, "cannot open %s\n", dir);
+    return 1;
+  }
+  char *names[256];
+  size_t nn = 0;
+  struct dirent *de;
+  while ((de = readdir(d)) && nn < 256) {
+    size_t l = strlen(de->d_name);
+    if (l > 5 && strcmp(de->d_name + l - 5, ".json") == 0) names[nn++] = strdup(de->d_name);
+  }
+  closedir(d);
+  qsort(names, nn, sizeof *names, cmp_names);
+  struct CMUnitTest tests[260];
+  size_t nt = 0;
+  for (size_t i = 0; i < nn; i++) {
+    fx_state_t *st = calloc(1, sizeof *st);
+    char err[512];
+    snprintf(st->path, sizeof st->path, "%s/%s", dir, names[i]);
+    st->fx = tw_fixture_load_json(st->path, err, sizeof err);
+    if (!st->fx) {
+      fprintf(stderr, "%s\n", err);
+      return 1;
+    }
+    tests[nt++] = (struct CMUnitTest){names[i], test_fixture, fx_setup, fx_teardown, st};
+  }
+  tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_predictive_accuracy);
+  tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_rule_config);
+  int rc = _cmocka_run_group_tests("alerts", tests, nt, NULL, NULL);
+  for (size_t i = 0; i < nn; i++) free(names[i]);
+  return rc;
+}

@@ -1,0 +1,1027 @@
+/* rules.c - maintenance-alert rules: parse, compile, evaluate (rules.h).
+ *
+ * A condition compiles to a small tree of comparisons; evaluating it reads
+ * the twin and nothing else. Rules keep their state in the twin
+ * (t->alerts), so an alert that is active stays active across restarts and
+ * is never raised twice. */
+#include "twin/rules.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "util.h"
+
+#define DAY_MS 86400000.0
+#define WEAR_MIN_SAMPLES 6
+#define MSG_MAX 1024
+
+/* ---- Signals --------------------------------------------------------------- */
+
+typedef enum {
+  S_SCALAR = 0, /* + tw_scalar_field_t */
+  S_PAD_MIN = TW_F_SCALAR_COUNT,
+  S_PAD_MAX,
+  S_TIRE_MIN,
+  S_TIRE_MAX,
+  S_METRIC,
+  S_DTC_COUNT,
+  S_RECALLS_OPEN,
+  S_SVC_KM,
+  S_SVC_DAYS,
+  S_PAD_DAYS,
+  S_COUNT
+} signal_t;
+
+static const char *const scalar_units[TW_F_SCALAR_COUNT] = {"km",  "km/h", "%", "%",    "degC", "deg",
+                                                            "deg", "%",    "V", "degC", "km"};
+
+static const struct {
+  const char *name, *unit;
+} named_signals[] = {
+    [S_PAD_MIN - S_PAD_MIN] = {"brake_pad_mm.min", "mm"},
+    [S_PAD_MAX - S_PAD_MIN] = {"brake_pad_mm.max", "mm"},
+    [S_TIRE_MIN - S_PAD_MIN] = {"tire_pressure_kpa.min", "kPa"},
+    [S_TIRE_MAX - S_PAD_MIN] = {"tire_pressure_kpa.max", "kPa"},
+    [S_METRIC - S_PAD_MIN] = {"metrics.", ""},
+    [S_DTC_COUNT - S_PAD_MIN] = {"dtc.count", "codes"},
+    [S_RECALLS_OPEN - S_PAD_MIN] = {"recalls.open", "recalls"},
+    [S_SVC_KM - S_PAD_MIN] = {"service.km_since", "km"},
+    [S_SVC_DAYS - S_PAD_MIN] = {"service.days_since", "days"},
+    [S_PAD_DAYS - S_PAD_MIN] = {"brake_pad_mm.days_to_limit", "days"},
+};
+
+static const char *signal_unit(int sig) {
+  return sig < S_PAD_MIN ? scalar_units[sig] : named_signals[sig - S_PAD_MIN].unit;
+}
+
+/* Resolves a signal name; metric receives the metric name for metrics.X. */
+static bool signal_parse(const char *name, int *sig, char **metric) {
+  for (int i = 0; i < TW_F_SCALAR_COUNT; i++) {
+    if (strcmp(name, tw_scalar_field_name((tw_scalar_field_t)i)) == 0) {
+      *sig = i;
+      return true;
+    }
+  }
+  if (strncmp(name, "metrics.", 8) == 0 && name[8]) {
+    *sig = S_METRIC;
+    *metric = tw_xstrdup(name + 8);
+    return true;
+  }
+  for (int i = S_PAD_MIN; i < S_COUNT; i++) {
+    if (i != S_METRIC && strcmp(name, named_signals[i - S_PAD_MIN].name) == 0) {
+      *sig = i;
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool vec_extreme(const tw_vec_t *v, bool max, double *out) {
+  if (!v->st.set || v->n == 0) return false;
+  double m = v->v[0];
+  for (uint32_t i = 1; i < v->n; i++)
+    if (max ? v->v[i] > m : v->v[i] < m) m = v->v[i];
+  *out = m;
+  return true;
+}
+
+/* Looks a metric up without inserting it (tw_twin_metric inserts). */
+static const tw_metric_t *metric_find(const tw_twin_t *t, const char *name) {
+  uint32_t lo = 0, hi = t->n_metrics;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    int c = strcmp(t->metrics[mid].name, name);
+    if (c == 0) return &t->metrics[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return NULL;
+}
+
+bool tw_wear_predict(const tw_twin_t *t, double limit_mm, int64_t *at_ms, double *at_km) {
+  const tw_wear_t *w = &t->brake_wear;
+  double n = (double)w->n;
+  if (w->n < WEAR_MIN_SAMPLES) return false;
+  /* A brake service after these pads' first sample, and no sample since:
+   * the pads may be new, so the old fit says nothing until data shows. */
+  if (t->last_brake_service_ms >= w->t0_ms && t->last_brake_service_ms >= w->t_last) return false;
+  double den = n * w->stt - w->st * w->st;
+  /* The samples must span some time (variance of t at least a quarter day²). */
+  if (den <= 0 || den / (n * n) < 0.25) return false;
+  double b = (n * w->sty - w->st * w->sy) / den;
+  if (!(b < 0)) return false; /* no wear measured: no crossing to predict */
+  double a = (w->sy - b * w->st) / n;
+  double days = (limit_mm - a) / b;
+  if (!isfinite(days) || fabs(days) > 3650000.0) return false;
+  *at_ms = w->t0_ms + (int64_t)llround(days * DAY_MS);
+  *at_km = NAN;
+  double nk = (double)w->nk;
+  double denk = nk * w->skk - w->sk * w->sk;
+  if (w->nk >= WEAR_MIN_SAMPLES && denk > 0) {
+    double bk = (nk * w->sky - w->sk * w->syk) / denk;
+    double ak = (w->syk - bk * w->sk) / nk;
+    if (bk < 0) *at_km = w->k0 + (limit_mm - ak) / bk;
+  }
+  return true;
+}
+
+/* The base of "service due": the last service visit, else the delivery. */
+static bool service_base(const tw_twin_t *t, int64_t *at_ms, bool *has_odo, double *odo) {
+  if (t->last_service.set) {
+    *at_ms = t->last_service.at_ms;
+    *has_odo = t->last_service.has_odometer;
+    *odo = t->last_service.odometer_km;
+    return true;
+  }
+  if (t->delivered) {
+    *at_ms = t->delivered_ms;
+    /* A delivery without a reading is a new vehicle: 0 km. */
+    *has_odo = true;
+    *odo = t->delivered_has_odometer ? t->delivered_odometer_km : 0.0;
+    return true;
+  }
+  return false;
+}
+
+typedef struct rule rule_t;
+
+/* Current value of a signal; false when the twin has none. */
+static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_twin_t *t, double *v);
+
+/* ---- Expressions ----------------------------------------------------------- */
+
+typedef enum { N_OR, N_AND, N_CMP, N_STAGE } node_kind_t;
+typedef enum { OP_LT, OP_LE, OP_GT, OP_GE, OP_EQ, OP_NE } op_t;
+static const char *const op_names[] = {"<", "<=", ">", ">=", "==", "!="};
+
+typedef struct node {
+  node_kind_t kind;
+  struct node *a, *b; /* N_OR, N_AND */
+  int sig;            /* N_CMP */
+  char *metric;       /* N_CMP on metrics.X */
+  char *sig_name;     /* N_CMP: as written */
+  op_t op;
+  double num;    /* N_CMP */
+  tw_stage_t st; /* N_STAGE */
+  int leaf;      /* N_CMP: index among the condition's comparisons */
+} node_t;
+
+static void node_free(node_t *n) {
+  if (!n) return;
+  node_free(n->a);
+  node_free(n->b);
+  free(n->metric);
+  free(n->sig_name);
+  free(n);
+}
+
+typedef struct {
+  const char *s, *p;
+  char *err;
+  size_t cap;
+  const char *what; /* "condition" / "clear" */
+  const char *rule;
+  bool failed;
+  int leaves;
+} parser_t;
+
+static void perr(parser_t *ps, const char *fmt, ...) {
+  if (ps->failed) return;
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  snprintf(ps->err, ps->cap, "rule %s: %s '%s': %s at position %d", ps->rule, ps->what, ps->s, msg,
+           (int)(ps->p - ps->s) + 1);
+  ps->failed = true;
+}
+
+static void skip_ws(parser_t *ps) {
+  while (isspace((unsigned char)*ps->p)) ps->p++;
+}
+
+/* An identifier: letters, digits, '_', '.', '-'. */
+static size_t ident_len(const char *p) {
+  size_t n = 0;
+  if (!isalpha((unsigned char)p[0]) && p[0] != '_') return 0;
+  while (isalnum((unsigned char)p[n]) || p[n] == '_' || p[n] == '.' || p[n] == '-') n++;
+  return n;
+}
+
+static bool keyword(parser_t *ps, const char *kw) {
+  skip_ws(ps);
+  size_t n = ident_len(ps->p);
+  if (n == strlen(kw) && strncmp(ps->p, kw, n) == 0) {
+    ps->p += n;
+    return true;
+  }
+  return false;
+}
+
+static node_t *parse_or(parser_t *ps);
+
+static bool parse_op(parser_t *ps, op_t *op) {
+  skip_ws(ps);
+  const char *p = ps->p;
+  if (p[0] == '<' && p[1] == '=')
+    *op = OP_LE, ps->p += 2;
+  else if (p[0] == '>' && p[1] == '=')
+    *op = OP_GE, ps->p += 2;
+  else if (p[0] == '=' && p[1] == '=')
+    *op = OP_EQ, ps->p += 2;
+  else if (p[0] == '!' && p[1] == '=')
+    *op = OP_NE, ps->p += 2;
+  else if (p[0] == '<')
+    *op = OP_LT, ps->p += 1;
+  else if (p[0] == '>')
+    *op = OP_GT, ps->p += 1;
+  else
+    return false;
+  return true;
+}
+
+static node_t *parse_primary(parser_t *ps) {
+  skip_ws(ps);
+  if (*ps->p == '(') {
+    ps->p++;
+    node_t *n = parse_or(ps);
+    skip_ws(ps);
+    if (!ps->failed && *ps->p != ')') perr(ps, "expected ')'");
+    if (ps->failed) {
+      node_free(n);
+      return NULL;
+    }
+    ps->p++;
+    return n;
+  }
+  size_t len = ident_len(ps->p);
+  if (!len) {
+    perr(ps, "expected a signal name or '('");
+    return NULL;
+  }
+  char name[160];
+  snprintf(name, sizeof name, "%.*s", (int)len, ps->p);
+  ps->p += len;
+  node_t *n = tw_xcalloc(1, sizeof *n);
+  op_t op;
+  if (!parse_op(ps, &op)) {
+    perr(ps, "expected a comparison (< <= > >= == !=) after '%s'", name);
+    node_free(n);
+    return NULL;
+  }
+  skip_ws(ps);
+  if (strcmp(name, "stage") == 0) {
+    size_t sl = ident_len(ps->p);
+    char sname[64];
+    snprintf(sname, sizeof sname, "%.*s", (int)sl, ps->p);
+    if (op != OP_EQ && op != OP_NE) {
+      perr(ps, "stage is compared with == or != only");
+    } else if (!sl || !tw_stage_parse(sname, &n->st)) {
+      perr(ps, "expected a stage name (ORDERED, IN_PRODUCTION, BUILT, IN_TRANSIT, AT_DEALER, IN_SERVICE, "
+               "DECOMMISSIONED)");
+    }
+    ps->p += sl;
+    n->kind = N_STAGE;
+    n->op = op;
+    if (ps->failed) {
+      node_free(n);
+      return NULL;
+    }
+    return n;
+  }
+  n->kind = N_CMP;
+  n->op = op;
+  n->sig_name = tw_xstrdup(name);
+  if (!signal_parse(name, &n->sig, &n->metric)) {
+    ps->p -= len;
+    perr(ps, "unknown signal '%s' (see README \"Maintenance alerts\" for the list)", name);
+    node_free(n);
+    return NULL;
+  }
+  char *end;
+  n->num = strtod(ps->p, &end);
+  if (end == ps->p || !isfinite(n->num)) {
+    perr(ps, "expected a number after '%s %s'", name, op_names[op]);
+    node_free(n);
+    return NULL;
+  }
+  ps->p = end;
+  n->leaf = ps->leaves++;
+  return n;
+}
+
+static node_t *parse_and(parser_t *ps) {
+  node_t *l = parse_primary(ps);
+  while (l && !ps->failed && keyword(ps, "and")) {
+    node_t *r = parse_primary(ps);
+    if (!r) {
+      node_free(l);
+      return NULL;
+    }
+    node_t *n = tw_xcalloc(1, sizeof *n);
+    n->kind = N_AND;
+    n->a = l;
+    n->b = r;
+    l = n;
+  }
+  return l;
+}
+
+static node_t *parse_or(parser_t *ps) {
+  node_t *l = parse_and(ps);
+  while (l && !ps->failed && keyword(ps, "or")) {
+    node_t *r = parse_and(ps);
+    if (!r) {
+      node_free(l);
+      return NULL;
+    }
+    node_t *n = tw_xcalloc(1, sizeof *n);
+    n->kind = N_OR;
+    n->a = l;
+    n->b = r;
+    l = n;
+  }
+  return l;
+}
+
+static node_t *parse_expr(const char *rule, const char *what, const char *s, char *err, size_t cap) {
+  parser_t ps = {s, s, err, cap, what, rule, false, 0};
+  node_t *n = parse_or(&ps);
+  skip_ws(&ps);
+  if (n && !ps.failed && *ps.p) perr(&ps, "unexpected text (join comparisons with 'and' / 'or')");
+  if (ps.failed) {
+    node_free(n);
+    return NULL;
+  }
+  return n;
+}
+
+/* ---- Rules ----------------------------------------------------------------- */
+
+struct rule {
+  char *id;
+  int severity;
+  node_t *cond, *clear;
+  node_t **leaves; /* the condition's comparisons, by leaf index */
+  int n_leaves;
+  char *message, *clear_message;
+  double limit; /* brake_pad_mm.days_to_limit */
+};
+
+struct tw_rules {
+  rule_t *v;
+  size_t n;
+};
+
+static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_twin_t *t, double *v) {
+  if (sig < TW_F_SCALAR_COUNT) {
+    if (!t->scalars[sig].st.set) return false;
+    *v = t->scalars[sig].value;
+    return true;
+  }
+  switch ((signal_t)sig) {
+  case S_PAD_MIN: return vec_extreme(&t->brake_pad_mm, false, v);
+  case S_PAD_MAX: return vec_extreme(&t->brake_pad_mm, true, v);
+  case S_TIRE_MIN: return vec_extreme(&t->tire_pressure_kpa, false, v);
+  case S_TIRE_MAX: return vec_extreme(&t->tire_pressure_kpa, true, v);
+  case S_METRIC: {
+    const tw_metric_t *m = metric_find(t, metric);
+    if (!m || !m->val.st.set) return false;
+    *v = m->val.value;
+    return true;
+  }
+  case S_DTC_COUNT:
+    if (!t->dtc_codes.st.set) return false;
+    *v = t->dtc_codes.n;
+    return true;
+  case S_RECALLS_OPEN: *v = t->n_open_recalls; return true;
+  case S_SVC_KM: {
+    int64_t at;
+    bool has;
+    double odo;
+    if (!service_base(t, &at, &has, &odo) || !has || !t->scalars[TW_F_ODOMETER_KM].st.set) return false;
+    /* A reading older than the visit's own is no distance driven since. */
+    *v = fmax(0.0, t->scalars[TW_F_ODOMETER_KM].value - odo);
+    return true;
+  }
+  case S_SVC_DAYS: {
+    int64_t at;
+    bool has;
+    double odo;
+    if (!service_base(t, &at, &has, &odo)) return false;
+    *v = fmax(0.0, (double)(t->last_event_ms - at) / DAY_MS);
+    return true;
+  }
+  case S_PAD_DAYS: {
+    int64_t at;
+    double km;
+    if (!tw_wear_predict(t, r->limit, &at, &km)) return false;
+    *v = (double)(at - t->last_event_ms) / DAY_MS;
+    return true;
+  }
+  default: return false;
+  }
+}
+
+static bool compare(op_t op, double a, double b) {
+  switch (op) {
+  case OP_LT: return a < b;
+  case OP_LE: return a <= b;
+  case OP_GT: return a > b;
+  case OP_GE: return a >= b;
+  case OP_EQ: return a == b;
+  default: return a != b;
+  }
+}
+
+/* Evaluates n; *hit receives the first comparison that held on the path
+ * that made the result true (-1: none, e.g. only a stage test). */
+static bool eval(const rule_t *r, const node_t *n, const tw_twin_t *t, int *hit) {
+  int ha = -1, hb = -1;
+  double v;
+  *hit = -1;
+  switch (n->kind) {
+  case N_OR:
+    if (eval(r, n->a, t, &ha)) {
+      *hit = ha;
+      return true;
+    }
+    if (eval(r, n->b, t, &hb)) {
+      *hit = hb;
+      return true;
+    }
+    return false;
+  case N_AND:
+    if (!eval(r, n->a, t, &ha) || !eval(r, n->b, t, &hb)) return false;
+    *hit = ha >= 0 ? ha : hb;
+    return true;
+  case N_STAGE: return (t->stage == n->st) == (n->op == OP_EQ);
+  case N_CMP:
+    if (!signal_value(r, n->sig, n->metric, t, &v) || !compare(n->op, v, n->num)) return false;
+    *hit = n->leaf;
+    return true;
+  }
+  return false;
+}
+
+static void collect_leaves(rule_t *r, node_t *n) {
+  if (!n) return;
+  if (n->kind == N_CMP) r->leaves[n->leaf] = n;
+  collect_leaves(r, n->a);
+  collect_leaves(r, n->b);
+}
+
+static bool any_signal(const rule_t *r, const tw_twin_t *t) {
+  double v;
+  for (int i = 0; i < r->n_leaves; i++)
+    if (signal_value(r, r->leaves[i]->sig, r->leaves[i]->metric, t, &v)) return true;
+  return r->n_leaves == 0;
+}
+
+static void rule_cleanup(rule_t *r) {
+  free(r->id);
+  node_free(r->cond);
+  node_free(r->clear);
+  free(r->leaves);
+  free(r->message);
+  free(r->clear_message);
+}
+
+/* ---- Built-in rules -------------------------------------------------------- */
+
+static const tw_rule_spec_t DEFAULTS[] = {
+    {.id = "battery_health_low",
+     .severity = "WARNING",
+     .condition = "battery_soh_pct < 80",
+     .clear = "battery_soh_pct >= 81",
+     .message = "Traction battery health is {value} %, below {threshold} %: check the battery",
+     .clear_message = "Traction battery health back to {value} %"},
+    {.id = "battery_temp_high",
+     .severity = "CRITICAL",
+     .condition = "battery_temp_c > 60",
+     .clear = "battery_temp_c <= 55",
+     .message = "Traction battery at {value} degC, above {threshold} degC: stop charging and inspect",
+     .clear_message = "Traction battery temperature back to {value} degC"},
+    {.id = "brake_pad_low",
+     .severity = "CRITICAL",
+     .condition = "brake_pad_mm.min < 3.0",
+     .clear = "brake_pad_mm.min >= 3.5",
+     .message = "Brake pad at {value} mm, below the {threshold} mm minimum: replace the pads",
+     .clear_message = "Thinnest brake pad now {value} mm"},
+    {.id = "dtc_active",
+     .severity = "WARNING",
+     .condition = "dtc.count > 0",
+     .message = "Active diagnostic trouble codes: {dtc_codes}",
+     .clear_message = "No active diagnostic trouble codes"},
+    {.id = "service_due",
+     .severity = "INFO",
+     .condition = "stage == IN_SERVICE and (service.km_since > 15000 or service.days_since > 365)",
+     .message = "Service due: {service.km_since} km and {service.days_since} days since the last service "
+                "(due every 15000 km or 365 days)",
+     .clear_message =
+         "Service done: {service.km_since} km and {service.days_since} days since the last service"},
+    {.id = "brake_wear_predicted",
+     .severity = "WARNING",
+     .condition = "brake_pad_mm.days_to_limit < 30",
+     .clear = "brake_pad_mm.days_to_limit >= 45",
+     .limit = "3.0",
+     .message = "Brake pads projected to reach {limit} mm on {predicted_date} (in {value} days, at about "
+                "{predicted_km} km): schedule a brake service",
+     .clear_message = "Brake pads no longer projected to reach {limit} mm within 30 days"},
+    {.id = "recall_open",
+     .severity = "WARNING",
+     .condition = "recalls.open > 0 and stage == IN_SERVICE",
+     .message = "Open recall on a vehicle in service: {recalls}",
+     .clear_message = "No open recall"},
+};
+#define N_DEFAULTS (sizeof DEFAULTS / sizeof DEFAULTS[0])
+
+size_t tw_rules_default_specs(const tw_rule_spec_t **out) {
+  *out = DEFAULTS;
+  return N_DEFAULTS;
+}
+
+/* ---- Messages -------------------------------------------------------------- */
+
+/* Numbers for people: integers without decimals, others with two at most. */
+static void fmt_num(double v, char *buf, size_t cap) {
+  if (!isfinite(v)) {
+    snprintf(buf, cap, "?");
+    return;
+  }
+  if (fabs(v - nearbyint(v)) < 1e-9 && fabs(v) < 1e15) {
+    snprintf(buf, cap, "%.0f", v);
+    return;
+  }
+  snprintf(buf, cap, "%.2f", v);
+  char *dot = strchr(buf, '.');
+  if (!dot) return;
+  char *e = buf + strlen(buf) - 1;
+  while (e > dot && *e == '0') *e-- = '\0';
+  if (e == dot) *e = '\0';
+}
+
+static void fmt_date(int64_t ms, char *buf, size_t cap) {
+  time_t s = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&s, &tm);
+  strftime(buf, cap, "%Y-%m-%d", &tm);
+}
+
+typedef struct {
+  const rule_t *r;
+  const tw_twin_t *t;
+  double value, threshold;
+  const char *unit, *signal;
+  bool has_pred;
+  int64_t pred_ms;
+  double pred_km;
+} msg_ctx_t;
+
+static void join(char *buf, size_t cap, char *const *v, uint32_t n, const char *none) {
+  size_t o = 0;
+  buf[0] = '\0';
+  for (uint32_t i = 0; i < n && o + 1 < cap; i++)
+    o += (size_t)snprintf(buf + o, cap - o, "%s%s", i ? ", " : "", v[i]);
+  if (n == 0) snprintf(buf, cap, "%s", none);
+}
+
+/* Expands one {placeholder}; false when the name is unknown. ctx NULL:
+ * only check the name. */
+static bool placeholder(const msg_ctx_t *c, const char *name, char *out, size_t cap) {
+  static const char *const fixed[] = {"value",        "threshold", "unit",   "rule",
+                                      "product_id",   "signal",    "limit",  "predicted_date",
+                                      "predicted_km", "dtc_codes", "recalls"};
+  int sig;
+  char *metric = NULL;
+  bool is_signal = signal_parse(name, &sig, &metric);
+  bool known = is_signal;
+  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0] && !known; i++) known = strcmp(name, fixed[i]) == 0;
+  if (!known || !c) {
+    free(metric);
+    return known;
+  }
+  double v;
+  if (is_signal) {
+    if (signal_value(c->r, sig, metric, c->t, &v))
+      fmt_num(v, out, cap);
+    else
+      snprintf(out, cap, "?");
+  } else if (strcmp(name, "value") == 0) {
+    fmt_num(c->value, out, cap);
+  } else if (strcmp(name, "threshold") == 0) {
+    fmt_num(c->threshold, out, cap);
+  } else if (strcmp(name, "unit") == 0) {
+    snprintf(out, cap, "%s", c->unit);
+  } else if (strcmp(name, "signal") == 0) {
+    snprintf(out, cap, "%s", c->signal ? c->signal : "?");
+  } else if (strcmp(name, "rule") == 0) {
+    snprintf(out, cap, "%s", c->r->id);
+  } else if (strcmp(name, "product_id") == 0) {
+    snprintf(out, cap, "%s", c->t->product_id);
+  } else if (strcmp(name, "limit") == 0) {
+    fmt_num(c->r->limit, out, cap);
+  } else if (strcmp(name, "predicted_date") == 0) {
+    if (c->has_pred)
+      fmt_date(c->pred_ms, out, cap);
+    else
+      snprintf(out, cap, "?");
+  } else if (strcmp(name, "predicted_km") == 0) {
+    fmt_num(c->has_pred ? round(c->pred_km) : NAN, out, cap);
+  } else if (strcmp(name, "dtc_codes") == 0) {
+    join(out, cap, c->t->dtc_codes.s, c->t->dtc_codes.n, "none");
+  } else {
+    join(out, cap, c->t->open_recalls, c->t->n_open_recalls, "none");
+  }
+  free(metric);
+  return true;
+}
+
+/* Renders tpl into out; with c NULL only checks it (err gets the problem). */
+static bool render(const msg_ctx_t *c, const char *tpl, char *out, size_t cap, char *err, size_t err_cap) {
+  size_t o = 0;
+  out[0] = '\0';
+  for (const char *p = tpl; *p;) {
+    if (*p != '{') {
+      if (o + 1 < cap) out[o++] = *p;
+      p++;
+      continue;
+    }
+    const char *close = strchr(p, '}');
+    char name[96], val[512];
+    if (!close || (size_t)(close - p - 1) >= sizeof name)
+      return tw_fail(err, err_cap, "message: '{' without a closing '}'");
+    snprintf(name, sizeof name, "%.*s", (int)(close - p - 1), p + 1);
+    if (!placeholder(c, name, val, sizeof val))
+      return tw_fail(err, err_cap,
+                     "message: unknown placeholder {%s} (allowed: {value} {threshold} {unit} {signal} {rule} "
+                     "{product_id} {limit} {predicted_date} {predicted_km} {dtc_codes} {recalls} and any "
+                     "signal name)",
+                     name);
+    for (const char *v = val; *v && o + 1 < cap; v++) out[o++] = *v;
+    p = close + 1;
+  }
+  out[o < cap ? o : cap - 1] = '\0';
+  return true;
+}
+
+/* ---- Compiling ------------------------------------------------------------- */
+
+static bool parse_severity(const char *s, int *out) {
+  static const struct {
+    const char *name;
+    int v;
+  } sev[] = {{"info", TWIN__V1__SEVERITY__INFO},
+             {"warning", TWIN__V1__SEVERITY__WARNING},
+             {"critical", TWIN__V1__SEVERITY__CRITICAL}};
+  for (size_t i = 0; i < 3; i++) {
+    if (strcasecmp(s, sev[i].name) == 0) {
+      *out = sev[i].v;
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool rule_compile(const tw_rule_spec_t *sp, rule_t *r, char *err, size_t cap) {
+  char sub[512];
+  const char *where = sp->origin ? sp->origin : "built-in";
+  memset(r, 0, sizeof *r);
+  if (!sp->id || !*sp->id) return tw_fail(err, cap, "%s: alerts.rules: a rule without id", where);
+  for (const char *p = sp->id; *p; p++)
+    if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && *p != '.')
+      return tw_fail(err, cap, "%s: alerts.rules: id '%s' is not allowed: use letters, digits, '_', '-', '.'",
+                     where, sp->id);
+  r->id = tw_xstrdup(sp->id);
+  r->severity = TWIN__V1__SEVERITY__WARNING;
+  if (sp->severity && !parse_severity(sp->severity, &r->severity)) {
+    tw_fail(err, cap, "%s: rule %s: severity = '%s' is not allowed: expected one of INFO, WARNING, CRITICAL",
+            where, sp->id, sp->severity);
+    goto fail;
+  }
+  if (!sp->condition || !*sp->condition) {
+    tw_fail(err, cap, "%s: rule %s: condition is missing (e.g. condition: \"battery_temp_c > 60\")", where,
+            sp->id);
+    goto fail;
+  }
+  if (!(r->cond = parse_expr(sp->id, "condition", sp->condition, sub, sizeof sub))) {
+    tw_fail(err, cap, "%s: %s", where, sub);
+    goto fail;
+  }
+  if (sp->clear && !(r->clear = parse_expr(sp->id, "clear", sp->clear, sub, sizeof sub))) {
+    tw_fail(err, cap, "%s: %s", where, sub);
+    goto fail;
+  }
+  /* Leaves: count them again (parse_expr numbered them from 0). */
+  int n = 0;
+  node_t *stack[64];
+  int sp_n = 0;
+  stack[sp_n++] = r->cond;
+  while (sp_n) {
+    node_t *x = stack[--sp_n];
+    if (x->kind == N_CMP) n++;
+    if (x->a && sp_n < 64) stack[sp_n++] = x->a;
+    if (x->b && sp_n < 64) stack[sp_n++] = x->b;
+  }
+  r->n_leaves = n;
+  r->leaves = tw_xcalloc((size_t)(n ? n : 1), sizeof *r->leaves);
+  collect_leaves(r, r->cond);
+  r->limit = 3.0;
+  if (sp->limit) {
+    char *end;
+    r->limit = strtod(sp->limit, &end);
+    if (end == sp->limit || *end || !isfinite(r->limit)) {
+      tw_fail(err, cap, "%s: rule %s: limit = '%s' is not allowed: expected a number (mm)", where, sp->id,
+              sp->limit);
+      goto fail;
+    }
+  }
+  if (sp->message) {
+    r->message = tw_xstrdup(sp->message);
+  } else {
+    r->message = tw_xstrdup("{rule}: {signal} is {value} {unit} (threshold {threshold} {unit})");
+  }
+  if (sp->clear_message) {
+    r->clear_message = tw_xstrdup(sp->clear_message);
+  } else {
+    r->clear_message = tw_xstrdup("Cleared: {signal} is now {value} {unit}");
+  }
+  char out[MSG_MAX];
+  if (!render(NULL, r->message, out, sizeof out, sub, sizeof sub) ||
+      !render(NULL, r->clear_message, out, sizeof out, sub, sizeof sub)) {
+    tw_fail(err, cap, "%s: rule %s: %s", where, sp->id, sub);
+    goto fail;
+  }
+  return true;
+fail:
+  rule_cleanup(r);
+  return false;
+}
+
+static bool spec_disabled(const tw_rule_spec_t *sp, bool *bad) {
+  *bad = false;
+  if (!sp->enabled) return false;
+  if (strcmp(sp->enabled, "false") == 0 || strcmp(sp->enabled, "no") == 0) return true;
+  if (strcmp(sp->enabled, "true") == 0 || strcmp(sp->enabled, "yes") == 0) return false;
+  *bad = true;
+  return false;
+}
+
+tw_rules_t *tw_rules_compile(bool with_defaults, const tw_rule_spec_t *specs, size_t n, char *err,
+                             size_t cap) {
+  tw_rules_t *rs = tw_xcalloc(1, sizeof *rs);
+  rs->v = tw_xcalloc(N_DEFAULTS + n + 1, sizeof *rs->v);
+  const tw_rule_spec_t **use = tw_xcalloc(N_DEFAULTS + n + 1, sizeof *use);
+  size_t nu = 0;
+  if (with_defaults)
+    for (size_t i = 0; i < N_DEFAULTS; i++) use[nu++] = &DEFAULTS[i];
+  for (size_t i = 0; i < n; i++) {
+    const tw_rule_spec_t *sp = &specs[i];
+    bool bad;
+    const char *where = sp->origin ? sp->origin : "alerts.rules";
+    if (!sp->id || !*sp->id) {
+      tw_fail(err, cap, "%s: alerts.rules: a rule without id", where);
+      goto fail;
+    }
+    bool off = spec_disabled(sp, &bad);
+    if (bad) {
+      tw_fail(err, cap, "%s: rule %s: enabled = '%s' is not allowed: expected true or false", where, sp->id,
+              sp->enabled);
+      goto fail;
+    }
+    size_t j = 0;
+    while (j < nu && strcmp(use[j]->id, sp->id) != 0) j++;
+    bool is_default = j < nu && use[j] >= DEFAULTS && use[j] < DEFAULTS + N_DEFAULTS;
+    if (j < nu && !is_default) {
+      tw_fail(err, cap, "%s: rule %s: the id is used twice in alerts.rules", where, sp->id);
+      goto fail;
+    }
+    if (off) {
+      if (j < nu) {
+        memmove(&use[j], &use[j + 1], (nu - j - 1) * sizeof *use);
+        nu--;
+      }
+      continue;
+    }
+    if (j < nu)
+      use[j] = sp;
+    else
+      use[nu++] = sp;
+  }
+  for (size_t i = 0; i < nu; i++) {
+    const tw_rule_spec_t *sp = use[i];
+    tw_rule_spec_t merged;
+    if (!sp->condition) {
+      /* An override of a built-in without a condition: merge with it. */
+      const tw_rule_spec_t *d = NULL;
+      for (size_t k = 0; k < N_DEFAULTS && !d; k++)
+        if (strcmp(DEFAULTS[k].id, sp->id) == 0) d = &DEFAULTS[k];
+      if (d) {
+        merged = *d;
+        if (sp->severity) merged.severity = sp->severity;
+        if (sp->clear) merged.clear = sp->clear;
+        if (sp->message) merged.message = sp->message;
+        if (sp->clear_message) merged.clear_message = sp->clear_message;
+        if (sp->limit) merged.limit = sp->limit;
+        merged.origin = sp->origin;
+        sp = &merged;
+      }
+    }
+    if (!rule_compile(sp, &rs->v[rs->n], err, cap)) goto fail;
+    rs->n++;
+  }
+  /* Evaluated and stored in id order, so documents do not depend on the
+   * order of the config file. */
+  for (size_t i = 1; i < rs->n; i++) {
+    rule_t x = rs->v[i];
+    size_t j = i;
+    while (j > 0 && strcmp(rs->v[j - 1].id, x.id) > 0) {
+      rs->v[j] = rs->v[j - 1];
+      j--;
+    }
+    rs->v[j] = x;
+  }
+  free(use);
+  return rs;
+fail:
+  free(use);
+  tw_rules_destroy(rs);
+  return NULL;
+}
+
+void tw_rules_destroy(tw_rules_t *r) {
+  if (!r) return;
+  for (size_t i = 0; i < r->n; i++) rule_cleanup(&r->v[i]);
+  free(r->v);
+  free(r);
+}
+
+size_t tw_rules_count(const tw_rules_t *r) { return r ? r->n : 0; }
+const char *tw_rules_id(const tw_rules_t *r, size_t i) { return r->v[i].id; }
+
+/* ---- Evaluating ------------------------------------------------------------ */
+
+static int alert_find(const tw_twin_t *t, const char *rule, bool *found) {
+  uint32_t lo = 0, hi = t->n_alerts;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    int c = strcmp(t->alerts[mid].rule, rule);
+    if (c == 0) {
+      *found = true;
+      return (int)mid;
+    }
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *found = false;
+  return (int)lo;
+}
+
+/* Value and threshold reported for leaf (NAN value when it has none now). */
+static void leaf_report(const rule_t *r, int leaf, const tw_twin_t *t, msg_ctx_t *c) {
+  c->value = NAN;
+  c->threshold = 0;
+  c->unit = "";
+  c->has_pred = false;
+  c->pred_km = NAN;
+  if (leaf < 0 || leaf >= r->n_leaves) return;
+  const node_t *n = r->leaves[leaf];
+  double v;
+  if (signal_value(r, n->sig, n->metric, t, &v)) c->value = v;
+  c->threshold = n->num;
+  c->unit = n->sig == S_METRIC ? "" : signal_unit(n->sig);
+  c->signal = n->sig_name;
+  if (n->sig == S_PAD_DAYS) c->has_pred = tw_wear_predict(t, r->limit, &c->pred_ms, &c->pred_km);
+}
+
+/* Index of the first comparison whose signal has a value (-1: none). */
+static int first_defined_leaf(const rule_t *r, const tw_twin_t *t) {
+  double v;
+  for (int i = 0; i < r->n_leaves; i++)
+    if (signal_value(r, r->leaves[i]->sig, r->leaves[i]->metric, t, &v)) return i;
+  return -1;
+}
+
+/* Counts one more raise of rule on t and returns its number (1, 2, ...). */
+static uint32_t cycle_next(tw_twin_t *t, const char *rule) {
+  uint32_t lo = 0, hi = t->n_alert_cycles;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    int c = strcmp(t->alert_cycles[mid].rule, rule);
+    if (c == 0) return ++t->alert_cycles[mid].n;
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  t->alert_cycles = tw_xrealloc(t->alert_cycles, (t->n_alert_cycles + 1) * sizeof *t->alert_cycles);
+  memmove(&t->alert_cycles[lo + 1], &t->alert_cycles[lo], (t->n_alert_cycles - lo) * sizeof *t->alert_cycles);
+  t->n_alert_cycles++;
+  t->alert_cycles[lo] = (tw_alert_cycle_t){tw_xstrdup(rule), 1};
+  return 1;
+}
+
+size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *ev, tw_alert_cb cb,
+                     void *ud) {
+  size_t transitions = 0;
+  for (size_t i = 0; rs && i < rs->n; i++) {
+    const rule_t *r = &rs->v[i];
+    bool active;
+    int pos = alert_find(t, r->id, &active);
+    int hit;
+    msg_ctx_t c = {.r = r, .t = t};
+    char msg[MSG_MAX], scratch[128];
+    Twin__V1__MaintenanceAlert al = TWIN__V1__MAINTENANCE_ALERT__INIT;
+    al.product_id = t->product_id;
+    al.rule_id = r->id;
+    al.severity = (Twin__V1__Severity)r->severity;
+    al.event_time_ms = ev->event_time_ms;
+
+    if (!active) {
+      if (!eval(r, r->cond, t, &hit)) continue;
+      if (hit < 0) hit = first_defined_leaf(r, t);
+      leaf_report(r, hit, t, &c);
+      render(&c, r->message, msg, sizeof msg, scratch, sizeof scratch);
+      /* product:rule:cycle - the same id whichever event raises the n-th
+       * cycle, so a replay after a crash repeats ids instead of minting new
+       * ones. */
+      char id[TW_PRODUCT_ID_MAX + 256];
+      snprintf(id, sizeof id, "%s:%s:%u", t->product_id, r->id, cycle_next(t, r->id));
+      t->alerts = tw_xrealloc(t->alerts, (t->n_alerts + 1) * sizeof *t->alerts);
+      memmove(&t->alerts[pos + 1], &t->alerts[pos], (t->n_alerts - (uint32_t)pos) * sizeof *t->alerts);
+      t->n_alerts++;
+      tw_alert_t *a = &t->alerts[pos];
+      *a = (tw_alert_t){.rule = tw_xstrdup(r->id),
+                        .alert_id = tw_xstrdup(id),
+                        .message = tw_xstrdup(msg),
+                        .unit = tw_xstrdup(c.unit),
+                        .severity = r->severity,
+                        .since_ms = ev->event_time_ms,
+                        .leaf = hit,
+                        .value = isfinite(c.value) ? c.value : 0,
+                        .threshold = c.threshold,
+                        .has_predicted = c.has_pred,
+                        .predicted_at_ms = c.has_pred ? c.pred_ms : 0};
+      al.alert_id = a->alert_id;
+      al.state = TWIN__V1__ALERT_STATE__RAISED;
+      al.message = a->message;
+      al.value = a->value;
+      al.threshold = a->threshold;
+      al.unit = a->unit;
+      al.raised_at_ms = a->since_ms;
+      if (a->has_predicted) {
+        al._predicted_at_ms_case = TWIN__V1__MAINTENANCE_ALERT___PREDICTED_AT_MS_PREDICTED_AT_MS;
+        al.predicted_at_ms = a->predicted_at_ms;
+      }
+      transitions++;
+      if (cb) cb(ud, &al);
+      continue;
+    }
+
+    tw_alert_t *a = &t->alerts[pos];
+    bool clear;
+    if (!any_signal(r, t))
+      clear = true;
+    else if (r->clear)
+      clear = eval(r, r->clear, t, &hit);
+    else
+      clear = !eval(r, r->cond, t, &hit);
+    leaf_report(r, a->leaf, t, &c);
+    if (!clear) {
+      /* Still active: keep the reported value and prediction current. */
+      if (isfinite(c.value)) a->value = c.value;
+      a->has_predicted = c.has_pred;
+      a->predicted_at_ms = c.has_pred ? c.pred_ms : 0;
+      continue;
+    }
+    if (!isfinite(c.value)) c.value = a->value;
+    render(&c, r->clear_message, msg, sizeof msg, scratch, sizeof scratch);
+    al.alert_id = a->alert_id;
+    al.state = TWIN__V1__ALERT_STATE__CLEARED;
+    al.message = msg;
+    al.value = c.value;
+    al.threshold = a->threshold;
+    al.unit = a->unit;
+    al.raised_at_ms = a->since_ms;
+    transitions++;
+    if (cb) cb(ud, &al);
+    free(a->rule);
+    free(a->alert_id);
+    free(a->message);
+    free(a->unit);
+    memmove(&t->alerts[pos], &t->alerts[pos + 1], (t->n_alerts - (uint32_t)pos - 1) * sizeof *t->alerts);
+    t->n_alerts--;
+  }
+  return transitions;
+}
