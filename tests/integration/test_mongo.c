@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "store.h"
 #include <mongoc/mongoc.h>
 
 typedef struct {
@@ -385,6 +387,61 @@ static void test_insert_duplicate_id(void **state) {
   bson_destroy(got);
 }
 
+/* The export fence (store.h) on the real server: a flush cannot enter
+ * while an export holds it, the export sees flushes in progress, both
+ * sides expire, and a renewal by the holder works while others wait. */
+static void test_export_fence(void **state) {
+  fixture_t *f = *state;
+  bson_error_t err;
+  tw_store_t *eng = tw_store_new(uri_string(), f->dbname, "fence-engine", &err);
+  tw_store_t *exp = tw_store_new(uri_string(), f->dbname, "fence-export", &err);
+  assert_non_null(eng);
+  assert_non_null(exp);
+  assert_true(tw_store_fence_init(eng, &err));
+  assert_true(tw_store_fence_init(eng, &err)); /* idempotent */
+  int64_t now = 1000000;
+  bool ok = false;
+  int inflight = -1;
+  tw_fence_ticket_t t1, t2, t3;
+  /* A flush in progress is seen by the exporter, which still takes the fence
+   * (it then waits for the flush to leave). */
+  assert_true(tw_store_fence_enter(eng, "i1/0/1", now, &t1, &ok, &err));
+  assert_true(ok);
+  assert_true(tw_store_export_take(exp, "exporter-a", now, 60000, &ok, &err));
+  assert_true(ok);
+  assert_true(tw_store_export_inflight(exp, now, &inflight, &err));
+  assert_int_equal(inflight, 1);
+  /* No new flush enters while the export holds the fence. */
+  assert_true(tw_store_fence_enter(eng, "i1/1/1", now + 10, &t2, &ok, &err));
+  assert_false(ok);
+  assert_true(tw_store_fence_leave(eng, &t1, &err));
+  assert_true(tw_store_export_inflight(exp, now + 20, &inflight, &err));
+  assert_int_equal(inflight, 0);
+  /* A second exporter waits; the holder renews. */
+  assert_true(tw_store_export_take(exp, "exporter-b", now + 30, 60000, &ok, &err));
+  assert_false(ok);
+  assert_true(tw_store_export_take(exp, "exporter-a", now + 40, 60000, &ok, &err));
+  assert_true(ok);
+  /* Released: flushes enter again. */
+  assert_true(tw_store_export_release(exp, "exporter-a", &err));
+  assert_true(tw_store_fence_enter(eng, "i1/1/2", now + 50, &t2, &ok, &err));
+  assert_true(ok);
+  /* An abandoned flush expires for the exporter; an abandoned export
+   * expires for the engine. */
+  assert_true(tw_store_export_take(exp, "exporter-b", now + 60, 1000, &ok, &err));
+  assert_true(ok);
+  assert_true(tw_store_export_inflight(exp, now + 60, &inflight, &err));
+  assert_int_equal(inflight, 1);
+  assert_true(tw_store_export_inflight(exp, now + 50 + TW_FENCE_FLUSH_MS + 1, &inflight, &err));
+  assert_int_equal(inflight, 0);
+  assert_true(tw_store_fence_enter(eng, "i1/0/2", now + 500, &t3, &ok, &err));
+  assert_false(ok);
+  assert_true(tw_store_fence_enter(eng, "i1/0/3", now + 60 + 1000, &t3, &ok, &err));
+  assert_true(ok);
+  tw_store_destroy(eng);
+  tw_store_destroy(exp);
+}
+
 int main(void) {
   mongoc_init();
   const struct CMUnitTest tests[] = {
@@ -392,6 +449,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_bulk_upsert_unordered, setup, teardown),
       cmocka_unit_test_setup_teardown(test_guarded_upsert_is_monotonic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_insert_duplicate_id, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_export_fence, setup, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mongoc_cleanup();

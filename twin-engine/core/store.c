@@ -16,7 +16,7 @@
 
 struct tw_store {
   mongoc_client_t *client;
-  mongoc_collection_t *twins, *checkpoints, *journal;
+  mongoc_collection_t *twins, *checkpoints, *journal, *fence;
   int ferretdb; /* -1 unknown yet, 0 MongoDB, 1 FerretDB */
 };
 
@@ -39,6 +39,7 @@ tw_store_t *tw_store_new(const char *uri_s, const char *database, const char *ap
   s->twins = mongoc_client_get_collection(c, database, "twins");
   s->checkpoints = mongoc_client_get_collection(c, database, "checkpoints");
   s->journal = mongoc_client_get_collection(c, database, "snapshot_journal");
+  s->fence = mongoc_client_get_collection(c, database, "fence");
   s->ferretdb = -1;
   return s;
 }
@@ -47,6 +48,7 @@ void tw_store_destroy(tw_store_t *s) {
   if (!s) return;
   mongoc_collection_destroy(s->twins);
   mongoc_collection_destroy(s->checkpoints);
+  mongoc_collection_destroy(s->fence);
   mongoc_collection_destroy(s->journal);
   mongoc_client_destroy(s->client);
   bson_free(s);
@@ -493,5 +495,133 @@ bool tw_store_read_checkpoint(tw_store_t *s, const char *group, const char *topi
   bool ok = !mongoc_cursor_error(cur, err);
   mongoc_cursor_destroy(cur);
   bson_destroy(&filter);
+  return ok;
+}
+
+/* ---- Export fence ---------------------------------------------------------- */
+
+#define FENCE_ID "export"
+
+/* Runs update_one(filter, update); *matched = documents matched. */
+static bool fence_update(tw_store_t *s, const bson_t *filter, const bson_t *update, bool upsert,
+                         int64_t *matched, bson_error_t *err) {
+  bson_t opts = BSON_INITIALIZER, reply;
+  if (upsert) BSON_APPEND_BOOL(&opts, "upsert", true);
+  bool ok = mongoc_collection_update_one(s->fence, filter, update, &opts, &reply, err);
+  bson_iter_t it;
+  if (matched) *matched = 0;
+  if (ok && matched && bson_iter_init_find(&it, &reply, "matchedCount")) *matched = bson_iter_as_int64(&it);
+  bson_destroy(&reply);
+  bson_destroy(&opts);
+  return ok;
+}
+
+bool tw_store_fence_init(tw_store_t *s, bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, soi, arr;
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  BSON_APPEND_DOCUMENT_BEGIN(&update, "$setOnInsert", &soi);
+  BSON_APPEND_INT64(&soi, "export_until", 0);
+  BSON_APPEND_UTF8(&soi, "holder", "");
+  BSON_APPEND_ARRAY_BEGIN(&soi, "inflight", &arr);
+  bson_append_array_end(&soi, &arr);
+  bson_append_document_end(&update, &soi);
+  bool ok = fence_update(s, &filter, &update, true, NULL, err);
+  /* Two engines starting at once: the loser's upsert hits the unique _id. */
+  if (!ok && err->code == 11000) ok = true;
+  bson_destroy(&filter);
+  bson_destroy(&update);
+  return ok;
+}
+
+bool tw_store_fence_enter(tw_store_t *s, const char *flush_id, int64_t now_ms, tw_fence_ticket_t *ticket,
+                          bool *entered, bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, lte, push;
+  bson_snprintf(ticket->entry, sizeof ticket->entry, "%lld|%s", (long long)(now_ms + TW_FENCE_FLUSH_MS),
+                flush_id);
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  BSON_APPEND_DOCUMENT_BEGIN(&filter, "export_until", &lte);
+  BSON_APPEND_INT64(&lte, "$lte", now_ms);
+  bson_append_document_end(&filter, &lte);
+  BSON_APPEND_DOCUMENT_BEGIN(&update, "$push", &push);
+  BSON_APPEND_UTF8(&push, "inflight", ticket->entry);
+  bson_append_document_end(&update, &push);
+  int64_t matched = 0;
+  bool ok = fence_update(s, &filter, &update, false, &matched, err);
+  *entered = ok && matched == 1;
+  bson_destroy(&filter);
+  bson_destroy(&update);
+  return ok;
+}
+
+bool tw_store_fence_leave(tw_store_t *s, const tw_fence_ticket_t *ticket, bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, pull;
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  BSON_APPEND_DOCUMENT_BEGIN(&update, "$pull", &pull);
+  BSON_APPEND_UTF8(&pull, "inflight", ticket->entry);
+  bson_append_document_end(&update, &pull);
+  bool ok = fence_update(s, &filter, &update, false, NULL, err);
+  bson_destroy(&filter);
+  bson_destroy(&update);
+  return ok;
+}
+
+bool tw_store_export_take(tw_store_t *s, const char *holder, int64_t now_ms, int64_t lease_ms, bool *taken,
+                          bson_error_t *err) {
+  *taken = false;
+  if (!tw_store_fence_init(s, err)) return false;
+  /* Free (expired) or already ours. */
+  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, or, a, b, lte, set;
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  BSON_APPEND_ARRAY_BEGIN(&filter, "$or", & or);
+  BSON_APPEND_DOCUMENT_BEGIN(& or, "0", &a);
+  BSON_APPEND_DOCUMENT_BEGIN(&a, "export_until", &lte);
+  BSON_APPEND_INT64(&lte, "$lte", now_ms);
+  bson_append_document_end(&a, &lte);
+  bson_append_document_end(& or, &a);
+  BSON_APPEND_DOCUMENT_BEGIN(& or, "1", &b);
+  BSON_APPEND_UTF8(&b, "holder", holder);
+  bson_append_document_end(& or, &b);
+  bson_append_array_end(&filter, & or);
+  BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+  BSON_APPEND_INT64(&set, "export_until", now_ms + lease_ms);
+  BSON_APPEND_UTF8(&set, "holder", holder);
+  bson_append_document_end(&update, &set);
+  int64_t matched = 0;
+  bool ok = fence_update(s, &filter, &update, false, &matched, err);
+  *taken = ok && matched == 1;
+  bson_destroy(&filter);
+  bson_destroy(&update);
+  return ok;
+}
+
+bool tw_store_export_inflight(tw_store_t *s, int64_t now_ms, int *inflight, bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->fence, &filter, NULL, NULL);
+  const bson_t *doc;
+  bson_iter_t it, arr;
+  *inflight = 0;
+  if (mongoc_cursor_next(cur, &doc) && bson_iter_init_find(&it, doc, "inflight") &&
+      BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &arr)) {
+    while (bson_iter_next(&arr))
+      if (BSON_ITER_HOLDS_UTF8(&arr) && strtoll(bson_iter_utf8(&arr, NULL), NULL, 10) > now_ms) (*inflight)++;
+  }
+  bool ok = !mongoc_cursor_error(cur, err);
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  return ok;
+}
+
+bool tw_store_export_release(tw_store_t *s, const char *holder, bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, set;
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  BSON_APPEND_UTF8(&filter, "holder", holder);
+  BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+  BSON_APPEND_INT64(&set, "export_until", 0);
+  BSON_APPEND_UTF8(&set, "holder", "");
+  bson_append_document_end(&update, &set);
+  bool ok = fence_update(s, &filter, &update, false, NULL, err);
+  bson_destroy(&filter);
+  bson_destroy(&update);
   return ok;
 }

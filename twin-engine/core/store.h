@@ -47,4 +47,33 @@ bool tw_store_write_checkpoints(tw_store_t *s, const char *group, const tw_check
 bool tw_store_read_checkpoint(tw_store_t *s, const char *group, const char *topic, int32_t partition,
                               int64_t *offset, bson_error_t *err);
 
+/* ---- Export fence: consistent exports while the engine runs ---------------
+ *
+ * One document {_id: "export"} in collection `fence`: `export_until` (wall
+ * ms until which an export holds the fence, 0 = none), `holder`, and
+ * `inflight`, the flushes in progress as strings "<until ms>|<id>" (exact
+ * values, because FerretDB's $pull matches whole elements only). A flush enters only
+ * while no export holds the fence (one atomic update) and leaves after its
+ * checkpoints; an export takes the fence, then waits until no flush is in
+ * progress, then reads checkpoints and twins: the twins are exactly the
+ * state at those checkpoints. Both sides expire (a flush after
+ * TW_FENCE_FLUSH_MS, an export at export_until), so a crashed engine or
+ * exporter blocks the other for a bounded time only. */
+#define TW_FENCE_FLUSH_MS 120000
+bool tw_store_fence_init(tw_store_t *s, bson_error_t *err);
+typedef struct {
+  char entry[192]; /* the inflight element this flush added */
+} tw_fence_ticket_t;
+/* *entered = false (and true returned) when an export holds the fence. */
+bool tw_store_fence_enter(tw_store_t *s, const char *flush_id, int64_t now_ms, tw_fence_ticket_t *ticket,
+                          bool *entered, bson_error_t *err);
+bool tw_store_fence_leave(tw_store_t *s, const tw_fence_ticket_t *ticket, bson_error_t *err);
+/* Takes the fence until now_ms + lease_ms; *taken = false when another
+ * export holds it. Call again (same holder) to renew. */
+bool tw_store_export_take(tw_store_t *s, const char *holder, int64_t now_ms, int64_t lease_ms, bool *taken,
+                          bson_error_t *err);
+/* Flushes in progress that have not expired at now_ms. */
+bool tw_store_export_inflight(tw_store_t *s, int64_t now_ms, int *inflight, bson_error_t *err);
+bool tw_store_export_release(tw_store_t *s, const char *holder, bson_error_t *err);
+
 #endif

@@ -17,6 +17,7 @@
 #include <zstd.h>
 
 #include "ctl.h"
+#include "store.h"
 #include "util.h"
 
 static const char export_help[] =
@@ -378,20 +379,54 @@ static int read_checkpoints(ctl_db_t *db, bson_t *out) {
 }
 
 /* Reads the checkpoints into *checkpoints (an array, caller-initialised),
- * then hands every twin matching q, in _id order, to w.
- *
- * Order matters: the engine writes a flush's snapshots before the
- * checkpoints that cover them, so reading the checkpoints first guarantees
- * every event before those offsets is in the twins read after; the twins
- * may also hold later events, flushed between the two reads or during the
- * scan. FENCE: this is the one place where "checkpoints, then twins" is
- * read; the engine-side fence that makes the twins exactly the state at
- * these offsets (a later change) goes around these two reads. */
+ * then hands every twin matching q, in _id order, to w, holding the export
+ * fence (twin-engine/core/store.h) throughout: engines defer their
+ * snapshot flushes while it is held, and it is taken only once no flush is
+ * in progress, so the twins are exactly the state at those checkpoints.
+ * The lease is renewed while the export runs and released at the end; if
+ * twinctl dies it expires after FENCE_LEASE_MS. */
+#define FENCE_LEASE_MS 60000
+static int take_fence(tw_store_t *fs, const char *holder) {
+  bson_error_t err;
+  bool taken = false;
+  int64_t give_up = tw_now_ms() + 2 * FENCE_LEASE_MS;
+  for (;;) {
+    if (!tw_store_export_take(fs, holder, tw_now_ms(), FENCE_LEASE_MS, &taken, &err))
+      return ctl_fail("cannot take the export fence: %s", err.message);
+    if (taken) break;
+    if (tw_now_ms() > give_up || g_interrupted)
+      return ctl_fail("another export holds the export fence (collection `fence`); try again later");
+    usleep(200000);
+  }
+  /* Flushes that entered before the fence was taken finish first. */
+  give_up = tw_now_ms() + TW_FENCE_FLUSH_MS + 5000;
+  for (;;) {
+    int inflight = 0;
+    if (!tw_store_export_inflight(fs, tw_now_ms(), &inflight, &err))
+      return ctl_fail("cannot read the export fence: %s", err.message);
+    if (inflight == 0) return CTL_OK;
+    if (tw_now_ms() > give_up || g_interrupted) return ctl_fail("engine flushes did not finish; giving up");
+    usleep(50000);
+  }
+}
+
 static int read_snapshot(ctl_db_t *db, const bson_t *q, bson_t *checkpoints, writer_t *w, progress_t *pr,
                          int64_t *count) {
   *count = 0;
-  int rc = read_checkpoints(db, checkpoints);
-  if (rc != CTL_OK) return rc;
+  bson_error_t ferr;
+  tw_store_t *fs = tw_store_new(db->uri, db->database, "twinctl-export", &ferr);
+  if (!fs) return ctl_fail("MongoDB: %s", ferr.message);
+  char holder[160], host[64] = "?";
+  gethostname(host, sizeof host - 1);
+  snprintf(holder, sizeof holder, "twinctl export %s:%d", host, (int)getpid());
+  int rc = take_fence(fs, holder);
+  if (rc == CTL_OK) rc = read_checkpoints(db, checkpoints);
+  if (rc != CTL_OK) {
+    tw_store_export_release(fs, holder, &ferr);
+    tw_store_destroy(fs);
+    return rc;
+  }
+  int64_t renewed = tw_now_ms();
 
   bson_error_t err;
   if (pr->on) pr->total = mongoc_collection_count_documents(db->twins, q, NULL, NULL, NULL, &err);
@@ -408,6 +443,16 @@ static int read_snapshot(ctl_db_t *db, const bson_t *q, bson_t *checkpoints, wri
     }
     (*count)++;
     progress(pr, *count, false);
+    if (tw_now_ms() - renewed > FENCE_LEASE_MS / 6) {
+      bool taken = false,
+           called = tw_store_export_take(fs, holder, tw_now_ms(), FENCE_LEASE_MS, &taken, &ferr);
+      if (!called || !taken) {
+        rc = ctl_fail("lost the export fence (%s); the export would not be consistent",
+                      called ? "it expired and another export took it" : ferr.message);
+        break;
+      }
+      renewed = tw_now_ms();
+    }
   }
   if (rc == CTL_OK && g_interrupted)
     rc = ctl_fail("interrupted");
@@ -421,6 +466,10 @@ static int read_snapshot(ctl_db_t *db, const bson_t *q, bson_t *checkpoints, wri
   }
   mongoc_cursor_destroy(cur);
   bson_destroy(&o);
+  if (!tw_store_export_release(fs, holder, &ferr))
+    fprintf(stderr, "twinctl export: could not release the export fence (%s); it expires in %d s\n",
+            ferr.message, FENCE_LEASE_MS / 1000);
+  tw_store_destroy(fs);
   return rc;
 }
 

@@ -114,6 +114,8 @@ typedef struct {
   int64_t last_flush_ms;
   bool outage; /* MongoDB or Kafka unavailable: partitions paused */
   int64_t outage_since;
+  bool fenced;         /* the last flush waited for an export (store.h fence) */
+  uint64_t flush_seq;  /* flush ids for the export fence */
   bool dlq_pending;    /* DLQ messages produced since the last flush */
   bool alerts_pending; /* alerts produced since the last flush */
 
@@ -142,6 +144,7 @@ struct engine {
   _Atomic int assigned;       /* input partitions assigned to this instance */
   _Atomic bool mongo_ok;      /* the main thread's last ping */
   tw_http_t *http;
+  char instance[96]; /* host:pid, names this instance's flushes in the export fence */
 };
 
 /* ---- Small helpers --------------------------------------------------------- */
@@ -374,6 +377,40 @@ static void outage_end(shard_t *s) {
 
 /* ---- Flush: snapshots, then DLQ, then checkpoints, then Kafka commit ------- */
 
+/* Snapshots of the dirty twins, then the checkpoints that they cover;
+ * fills commit with the offsets for Kafka. False with err on failure. */
+static bool write_snapshots_and_checkpoints(shard_t *s, size_t n, rd_kafka_topic_partition_list_t *commit,
+                                            bson_error_t *err) {
+  engine_t *e = s->e;
+  if (n) {
+    size_t stale = 0;
+    if (!tw_store_write_twins(s->store, s->dirty, n, tw_now_ms(), &stale, err)) return false;
+    if (stale) TW_DEBUG("shard", "shard %d: %zu snapshots already newer in MongoDB", s->id, stale);
+    for (size_t i = 0; i < n; i++) {
+      s->dirty[i]->dirty = false;
+      s->dirty[i]->stored = true;
+    }
+    s->n_dirty = 0;
+  }
+  tw_checkpoint_t cps[64];
+  size_t nc = 0;
+  for (size_t i = 0; i < s->n_parts; i++) {
+    part_t *p = &s->parts[i];
+    if (p->next < 0 || p->next <= p->ckpt) continue;
+    cps[nc++] = (tw_checkpoint_t){e->topics[p->topic_idx], p->partition, p->next};
+    if (p->owned)
+      rd_kafka_topic_partition_list_add(commit, e->topics[p->topic_idx], p->partition)->offset = p->next;
+    if (nc == 64) {
+      if (!tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), err)) return false;
+      nc = 0;
+    }
+  }
+  if (nc && !tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), err)) return false;
+  for (size_t i = 0; i < s->n_parts; i++)
+    if (s->parts[i].next > s->parts[i].ckpt) s->parts[i].ckpt = s->parts[i].next;
+  return true;
+}
+
 static bool flush(shard_t *s) {
   engine_t *e = s->e;
   bson_error_t err;
@@ -390,47 +427,43 @@ static bool flush(shard_t *s) {
     }
     s->dlq_pending = s->alerts_pending = false;
   }
-  if (n) {
-    size_t stale = 0;
-    if (!tw_store_write_twins(s->store, s->dirty, n, tw_now_ms(), &stale, &err)) {
+  bool due = n > 0;
+  for (size_t i = 0; i < s->n_parts && !due; i++)
+    due = s->parts[i].next >= 0 && s->parts[i].next > s->parts[i].ckpt;
+  if (due) {
+    /* The export fence (store.h): no snapshot write while an export reads. */
+    char fid[160];
+    tw_fence_ticket_t ticket;
+    bool entered = false;
+    snprintf(fid, sizeof fid, "%s/%d/%llu", e->instance, s->id, (unsigned long long)++s->flush_seq);
+    if (!tw_store_fence_enter(s->store, fid, tw_now_ms(), &ticket, &entered, &err)) {
       outage_begin(s, "MongoDB", err.message);
       return false;
     }
-    if (stale) TW_DEBUG("shard", "shard %d: %zu snapshots already newer in MongoDB", s->id, stale);
-    for (size_t i = 0; i < n; i++) {
-      s->dirty[i]->dirty = false;
-      s->dirty[i]->stored = true;
+    if (!entered) {
+      if (!s->fenced)
+        TW_INFO("shard", "shard %d: an export is reading MongoDB; snapshots wait for it", s->id);
+      s->fenced = true;
+      if ((int64_t)s->n_dirty >= e->cfg->snapshot_max_dirty)
+        outage_begin(s, "the snapshot store (an export holds the fence)", "memory bound reached");
+      return false;
     }
-    s->n_dirty = 0;
-  }
-  tw_checkpoint_t cps[64];
-  size_t nc = 0;
-  rd_kafka_topic_partition_list_t *commit = rd_kafka_topic_partition_list_new(4);
-  for (size_t i = 0; i < s->n_parts; i++) {
-    part_t *p = &s->parts[i];
-    if (p->next < 0 || p->next <= p->ckpt) continue;
-    cps[nc++] = (tw_checkpoint_t){e->topics[p->topic_idx], p->partition, p->next};
-    if (p->owned)
-      rd_kafka_topic_partition_list_add(commit, e->topics[p->topic_idx], p->partition)->offset = p->next;
-    if (nc == 64 || i + 1 == s->n_parts) {
-      if (!tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), &err)) {
-        rd_kafka_topic_partition_list_destroy(commit);
-        outage_begin(s, "MongoDB", err.message);
-        return false;
-      }
-      nc = 0;
-    }
-  }
-  if (nc && !tw_store_write_checkpoints(s->store, e->group, cps, nc, tw_now_ms(), &err)) {
+    if (s->fenced) TW_INFO("shard", "shard %d: export done; snapshots resume", s->id);
+    s->fenced = false;
+    rd_kafka_topic_partition_list_t *commit = rd_kafka_topic_partition_list_new(4);
+    bool ok = write_snapshots_and_checkpoints(s, n, commit, &err);
+    bson_error_t lerr;
+    if (!tw_store_fence_leave(s->store, &ticket, &lerr))
+      TW_WARN("shard", "shard %d: cannot leave the export fence (%s); it expires by itself", s->id,
+              lerr.message);
+    /* Kafka's committed offsets trail the checkpoints; they serve lag tools. */
+    if (ok && commit->cnt) rd_kafka_commit(e->consumer, commit, 1);
     rd_kafka_topic_partition_list_destroy(commit);
-    outage_begin(s, "MongoDB", err.message);
-    return false;
+    if (!ok) {
+      outage_begin(s, "MongoDB", err.message);
+      return false;
+    }
   }
-  for (size_t i = 0; i < s->n_parts; i++)
-    if (s->parts[i].next > s->parts[i].ckpt) s->parts[i].ckpt = s->parts[i].next;
-  /* Kafka's committed offsets trail the checkpoints; they serve lag tools. */
-  if (commit->cnt) rd_kafka_commit(e->consumer, commit, 1);
-  rd_kafka_topic_partition_list_destroy(commit);
   s->last_flush_ms = tw_mono_ms();
   atomic_store(&s->st.last_flush_wall_ms, tw_now_ms());
   atomic_store(&s->st.dirty_since_wall_ms, 0);
@@ -764,8 +797,11 @@ static void *shard_main(void *arg) {
       process_batch(s, msgs, (size_t)n);
     }
     if ((int64_t)s->n_dirty >= e->cfg->snapshot_max_dirty ||
-        tw_mono_ms() - s->last_flush_ms >= e->cfg->snapshot_interval_ms)
-      flush(s);
+        tw_mono_ms() - s->last_flush_ms >= e->cfg->snapshot_interval_ms) {
+      /* Deferred by an export: try again in a quarter second, not at once. */
+      if (!flush(s) && s->fenced && !s->outage)
+        s->last_flush_ms = tw_mono_ms() - e->cfg->snapshot_interval_ms + 250;
+    }
   }
   flush_until_done(s);
   free(msgs);
@@ -787,8 +823,21 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
   size_t repaired = 0;
   bson_error_t rerr;
   int64_t rbackoff = BACKOFF_MIN_MS;
-  while (!tw_store_repair(e->store, nums, nn, &repaired, &rerr) && !g_abort) {
-    TW_WARN("engine", "cannot repair the snapshot journal (%s); retrying", rerr.message);
+  /* The repair writes snapshots, so it also waits for an export to finish. */
+  char fid[160];
+  tw_fence_ticket_t ticket;
+  bool entered = false;
+  snprintf(fid, sizeof fid, "%s/repair", e->instance);
+  for (;;) {
+    bool ok = tw_store_fence_enter(e->store, fid, tw_now_ms(), &ticket, &entered, &rerr) && entered &&
+              tw_store_repair(e->store, nums, nn, &repaired, &rerr);
+    if (entered) tw_store_fence_leave(e->store, &ticket, &rerr);
+    if (ok || g_abort) break;
+    if (!entered)
+      TW_INFO("engine", "an export is reading MongoDB; the snapshot journal repair waits for it");
+    else
+      TW_WARN("engine", "cannot repair the snapshot journal (%s); retrying", rerr.message);
+    entered = false;
     sleep_ms(rbackoff);
     rbackoff = rbackoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : rbackoff * 2;
   }
@@ -1163,6 +1212,19 @@ int tw_engine_run(const tw_config_t *cfg) {
   while (!tw_store_ping(e.store, &berr)) {
     if (!warned) TW_WARN("engine", "MongoDB at mongo.uri is not reachable (%s); waiting", berr.message);
     warned = true;
+    if (g_stop) goto out_store;
+    sleep_ms(backoff);
+    backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+  }
+
+  {
+    char host[64] = "?";
+    gethostname(host, sizeof host - 1);
+    snprintf(e.instance, sizeof e.instance, "%s:%d", host, (int)getpid());
+  }
+  backoff = BACKOFF_MIN_MS;
+  while (!tw_store_fence_init(e.store, &berr)) {
+    TW_WARN("engine", "cannot set up the export fence in MongoDB (%s); retrying", berr.message);
     if (g_stop) goto out_store;
     sleep_ms(backoff);
     backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
