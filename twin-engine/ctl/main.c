@@ -1,7 +1,8 @@
 /* twinctl - look twins up in MongoDB, for people and scripts.
  *
  * Reads the `twins` and `checkpoints` collections directly (--mongo-uri),
- * so it works whether or not an engine runs, and never writes to them.
+ * so it works whether or not an engine runs, and never writes to them
+ * (export takes a short lease in `fence`; see core/store.h).
  * This file dispatches the commands and prints the top-level help; each
  * command lives in its own file (see ctl.h). */
 #include <stdio.h>
@@ -14,7 +15,8 @@ static const char usage_text[] =
     "usage: twinctl [--mongo-uri URI] [--database DB] COMMAND [options]\n"
     "\n"
     "Reads the digital twins twin-engine keeps in MongoDB (collection `twins`, one document per\n"
-    "product; schemas/twin.schema.json) and never writes to them.\n"
+    "product; schemas/twin.schema.json) and never writes to them (export takes a short lease in\n"
+    "`fence` so that it reads one consistent point while engines run).\n"
     "\n"
     "commands:\n"
     "  get ID               one twin: identity, stage, owner, telemetry with units, brake pads, tire\n"
