@@ -174,7 +174,7 @@ typedef struct {
 } tw_alert_cycle_t;
 
 typedef struct tw_twin {
-  char *product_id; /* owned */
+  char *product_id; /* stored right after the struct, freed with it */
   tw_stage_t stage;
   bool quality_hold;   /* the last quality gate failed and none passed since */
   char *model, *owner; /* owned, may be NULL */

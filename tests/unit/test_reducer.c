@@ -17,6 +17,7 @@
 
 #include "fixture.h"
 #include "twin/twin.h"
+#include "util.h"
 
 typedef struct {
   char path[1400];
@@ -178,6 +179,36 @@ static void test_window_multiword(void **state) {
   tw_twin_destroy(t);
 }
 
+/* The validator's UTF-8 check (util.c), which replaced libbson's. */
+static void test_utf8(void **state) {
+  (void)state;
+  static const struct {
+    const char *s;
+    bool ok;
+  } v[] = {
+      {"", true},
+      {"WVWZZZ1JZXW000001", true},
+      {"Gr\xc3\xbcnheide", true},                       /* U+00FC */
+      {"\xe2\x82\xac 12345678 \xf0\x9f\x9a\x97", true}, /* euro sign, U+1F697 after an ASCII run */
+      {"\xc0\xaf", false},                              /* overlong '/' */
+      {"\xe0\x80\xaf", false},                          /* overlong, 3 bytes */
+      {"\xed\xa0\x80", false},                          /* surrogate U+D800 */
+      {"\xf4\x90\x80\x80", false},                      /* past U+10FFFF */
+      {"\xf5\x80\x80\x80", false},
+      {"abcdefgh\xc3", false},    /* truncated after an 8-byte run */
+      {"\x80", false},            /* continuation without a start */
+      {"\xc3\x28", false},        /* bad continuation */
+      {"\xef\xbf\xbf", true},     /* U+FFFF */
+      {"\xf4\x8f\xbf\xbf", true}, /* U+10FFFF */
+  };
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+    if (tw_utf8_valid(v[i].s, strlen(v[i].s)) != v[i].ok)
+      fail_msg("utf8 vector %zu: expected %d", i, v[i].ok);
+    /* libbson agrees on every vector */
+    assert_int_equal(bson_utf8_validate(v[i].s, strlen(v[i].s), false), v[i].ok);
+  }
+}
+
 static void test_window_huge_seqs(void **state) {
   (void)state;
   tw_twin_t *t = tw_twin_new("P2", 64);
@@ -237,7 +268,7 @@ int main(void) {
   }
   closedir(d);
   qsort(fx, n, sizeof *fx, cmp_path);
-  struct CMUnitTest *tests = calloc(n + 3, sizeof *tests);
+  struct CMUnitTest *tests = calloc(n + 4, sizeof *tests);
   for (size_t i = 0; i < n; i++) {
     char err[512];
     fx[i].fx = tw_fixture_load_json(fx[i].path, err, sizeof err);
@@ -252,7 +283,8 @@ int main(void) {
   tests[n] = (struct CMUnitTest)cmocka_unit_test(test_window_multiword);
   tests[n + 1] = (struct CMUnitTest)cmocka_unit_test(test_window_huge_seqs);
   tests[n + 2] = (struct CMUnitTest)cmocka_unit_test(test_lww_tie_breaks_by_seq);
-  int rc = _cmocka_run_group_tests("reducer", tests, n + 3, NULL, NULL);
+  tests[n + 3] = (struct CMUnitTest)cmocka_unit_test(test_utf8);
+  int rc = _cmocka_run_group_tests("reducer", tests, n + 4, NULL, NULL);
   for (size_t i = 0; i < n; i++) bson_destroy(fx[i].fx);
   free(fx);
   free(tests);

@@ -62,3 +62,42 @@ bool tw_fail(char *err, size_t cap, const char *fmt, ...) {
   }
   return false;
 }
+
+bool tw_utf8_valid(const char *str, size_t n) {
+  const unsigned char *s = (const unsigned char *)str, *end = s + n;
+  while (s < end) {
+    if (end - s >= 8) {
+      uint64_t w;
+      memcpy(&w, s, 8);
+      if (!(w & UINT64_C(0x8080808080808080))) {
+        s += 8;
+        continue;
+      }
+    }
+    unsigned c = *s;
+    if (c < 0x80) {
+      s++;
+      continue;
+    }
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+      len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0; /* overlong */
+      if (c == 0xED) hi = 0x9F; /* surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90; /* overlong */
+      if (c == 0xF4) hi = 0x8F; /* past U+10FFFF */
+    } else
+      return false;
+    if ((size_t)(end - s) < len) return false;
+    if (s[1] < lo || s[1] > hi) return false;
+    for (size_t i = 2; i < len; i++)
+      if (s[i] < 0x80 || s[i] > 0xBF) return false;
+    s += len;
+  }
+  return true;
+}

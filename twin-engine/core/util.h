@@ -18,6 +18,9 @@ char *tw_xstrdup_nonempty(const char *s);
 /* Writes a printf-style message into err (when err and cap are set) and
  * returns false, for `return tw_fail(err, cap, "...", ...);`. */
 bool tw_fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Well-formed UTF-8 (no overlongs, surrogates or code points past
+ * U+10FFFF); ASCII runs are checked 8 bytes at a time. */
+bool tw_utf8_valid(const char *s, size_t n);
 int64_t tw_now_ms(void);
 int64_t tw_mono_ms(void);
 

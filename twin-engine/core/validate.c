@@ -17,7 +17,7 @@
 
 static bool utf8_ok(const char *s, size_t max) {
   size_t n = strlen(s);
-  return n <= max && bson_utf8_validate(s, n, false);
+  return n <= max && tw_utf8_valid(s, n);
 }
 
 /* A name used as a document field name: metric names, attribute keys. */
@@ -26,7 +26,7 @@ static bool name_ok(const char *s) {
   if (n == 0 || n > TW_NAME_MAX || s[0] == '$' || strchr(s, '.')) return false;
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)s[i] < 0x20) return false;
-  return bson_utf8_validate(s, n, false);
+  return tw_utf8_valid(s, n);
 }
 
 static bool text_field(const char *what, const char *s, char *err, size_t cap) {
@@ -111,7 +111,7 @@ bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t
   if (idn == 0) return tw_fail(err, cap, "product_id is empty");
   if (idn > TW_PRODUCT_ID_MAX)
     return tw_fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
-  if (!bson_utf8_validate(env->product_id, idn, false))
+  if (!tw_utf8_valid(env->product_id, idn))
     return tw_fail(err, cap, "product_id is not valid UTF-8");
   for (size_t i = 0; i < idn; i++)
     if ((unsigned char)env->product_id[i] < 0x20)

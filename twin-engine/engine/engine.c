@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "arena.h"
 #include "http.h"
 #include "map.h"
 #include "store.h"
@@ -114,6 +115,7 @@ typedef struct {
   int64_t last_flush_ms;
   bool outage; /* MongoDB or Kafka unavailable: partitions paused */
   int64_t outage_since;
+  tw_arena_t arena;    /* the batch's decoded envelopes; reset after each batch */
   bool fenced;         /* the last flush waited for an export (store.h fence) */
   uint64_t flush_seq;  /* flush ids for the export fence */
   bool dlq_pending;    /* DLQ messages produced since the last flush */
@@ -709,11 +711,10 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     if (m->len > (size_t)e->cfg->message_max_bytes) {
       snprintf(reason, sizeof reason, "message is %zu bytes, more than message.max.bytes (%lld)", m->len,
                (long long)e->cfg->message_max_bytes);
-    } else if (!(env = twin__v1__envelope__unpack(NULL, m->len, m->payload))) {
+    } else if (!(env = twin__v1__envelope__unpack(&s->arena.pb, m->len, m->payload))) {
       snprintf(reason, sizeof reason, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", m->len);
     } else if (!tw_envelope_validate(env, m->key, m->key_len, reason, sizeof reason)) {
-      twin__v1__envelope__free_unpacked(env, NULL);
-      env = NULL;
+      env = NULL; /* its memory goes with the arena */
     }
     if (!env) {
       dlq_send(s, m, reason);
@@ -758,10 +759,10 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
       default: break;
       }
     }
-    twin__v1__envelope__free_unpacked(pd->env, NULL);
     rd_kafka_message_destroy(pd->m);
   }
   free(pend);
+  tw_arena_reset(&s->arena);
   atomic_store(&s->st.twins_in_memory, s->twins.len);
 }
 
@@ -1264,6 +1265,7 @@ int tw_engine_run(const tw_config_t *cfg) {
     s->q = rd_kafka_queue_new(e.consumer);
     s->store = tw_store_new(cfg->mongo_uri, cfg->mongo_database, app, &berr);
     tw_map_init(&s->twins);
+    tw_arena_init(&s->arena, 1 << 20);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
   }
@@ -1333,6 +1335,7 @@ int tw_engine_run(const tw_config_t *cfg) {
     rd_kafka_queue_destroy(s->q);
     tw_store_destroy(s->store);
     tw_map_cleanup(&s->twins, true);
+    tw_arena_cleanup(&s->arena);
     free(s->dirty);
     free(s->parts);
     pthread_mutex_destroy(&s->mu);
