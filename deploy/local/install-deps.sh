@@ -20,6 +20,10 @@ PACKAGES=(
   kcat maven python3
   # the JSON Schema check of stored twins (tests/tools/validate_schema.py).
   python3-jsonschema
+  # the /metrics parser of the HTTP API test (tests/integration/test_http.py).
+  python3-prometheus-client
+  # YAML parser of the deployment files check (tests/deploy/validate_deploy.py).
+  python3-yaml
 )
 
 missing=()

@@ -53,7 +53,17 @@ static void test_yaml_env_set_precedence(void **state) {
   assert_int_equal(c.shards, 3);
   assert_string_equal(c.mongo_database, "fleet");
 
-  char *env[] = {"TWIN_SNAPSHOT_INTERVAL_MS=400", "TWIN_KAFKA_SASL_USERNAME=svc", "PATH=/bin", NULL};
+  /* Kubernetes service links for a Service named twin-engine are not settings: ignored. */
+  char *env[] = {"TWIN_SNAPSHOT_INTERVAL_MS=400",
+                 "TWIN_KAFKA_SASL_USERNAME=svc",
+                 "PATH=/bin",
+                 "TWIN_ENGINE_SERVICE_HOST=10.0.0.7",
+                 "TWIN_ENGINE_SERVICE_PORT=8080",
+                 "TWIN_ENGINE_SERVICE_PORT_HTTP=8080",
+                 "TWIN_ENGINE_PORT=tcp://10.0.0.7:8080",
+                 "TWIN_ENGINE_PORT_8080_TCP=tcp://10.0.0.7:8080",
+                 "TWIN_ENGINE_PORT_8080_TCP_ADDR=10.0.0.7",
+                 NULL};
   assert_true(tw_config_load_env(&c, env, err, sizeof err));
   assert_int_equal(c.snapshot_interval_ms, 400);
   assert_string_equal(tw_config_kafka(&c, "sasl.username"), "svc");

@@ -443,6 +443,20 @@ bool tw_config_load_yaml(tw_config_t *c, const char *path, char *err, size_t cap
 
 /* ---- Environment ----------------------------------------------------------- */
 
+/* Kubernetes injects <SERVICE>_SERVICE_HOST, _SERVICE_PORT[_NAME], _PORT and
+ * _PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR] for every Service in the namespace;
+ * a Service named twin-... gives TWIN_... names that are no settings. */
+static bool k8s_service_link(const char *name) {
+  if (strstr(name, "_service_host") || strstr(name, "_service_port")) return true;
+  const char *p = strstr(name, "_port");
+  if (!p) return false;
+  p += 5;
+  if (!*p) return true; /* <svc>_port=tcp://... */
+  if (*p++ != '_' || !isdigit((unsigned char)*p)) return false;
+  while (isdigit((unsigned char)*p)) p++;
+  return strncmp(p, "_tcp", 4) == 0 || strncmp(p, "_udp", 4) == 0 || strncmp(p, "_sctp", 5) == 0;
+}
+
 bool tw_config_load_env(tw_config_t *c, char *const *envp, char *err, size_t cap) {
   for (; envp && *envp; envp++) {
     const char *e = *envp;
@@ -462,7 +476,7 @@ bool tw_config_load_env(tw_config_t *c, char *const *envp, char *err, size_t cap
     bool skip = false;
     for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++)
       if (strcmp(name, ignored[i]) == 0) skip = true;
-    if (skip || strncmp(name, "test_", 5) == 0) continue;
+    if (skip || strncmp(name, "test_", 5) == 0 || k8s_service_link(name)) continue;
     char key[300] = "";
     if (strncmp(name, "kafka_", 6) == 0) {
       /* librdkafka property names use dots only. */
