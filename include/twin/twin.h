@@ -221,6 +221,7 @@ typedef struct tw_twin {
   int64_t offsets[2];
   int32_t partition; /* the input partition this product lives in, -1 = unknown */
   bool dirty;        /* changed since the last acknowledged snapshot */
+  int64_t dirty_ms;  /* wall clock when it became dirty (snapshot freshness metric) */
   bool stored;       /* a snapshot of it is known to be in MongoDB (loaded or written) */
 } tw_twin_t;
 

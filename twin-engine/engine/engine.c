@@ -87,6 +87,21 @@ typedef struct engine engine_t;
 #define FLUSH_TIME_BUCKETS 9
 static const double flush_size_le[FLUSH_SIZE_BUCKETS] = {1, 10, 100, 1000, 10000, 100000, 1000000};
 static const double flush_time_le[FLUSH_TIME_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10};
+/* Freshness: consumed -> snapshot written, consumed -> alert acknowledged. */
+#define DELAY_BUCKETS 14
+static const double delay_le[DELAY_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                               0.25,  0.5,    1,     2.5,  5,     10,   30};
+typedef struct {
+  _Atomic uint64_t bucket[DELAY_BUCKETS], count, sum_us;
+} delay_hist_t;
+
+static void delay_observe(delay_hist_t *h, double secs) {
+  if (secs < 0) secs = 0;
+  for (int b = 0; b < DELAY_BUCKETS; b++)
+    if (secs <= delay_le[b]) atomic_fetch_add(&h->bucket[b], 1);
+  atomic_fetch_add(&h->count, 1);
+  atomic_fetch_add(&h->sum_us, (uint64_t)(secs * 1e6));
+}
 
 /* Counters read by the stats log and /metrics; [topic] = TW_TOPIC_*. */
 typedef struct {
@@ -99,6 +114,7 @@ typedef struct {
   _Atomic int64_t dirty_since_wall_ms; /* oldest unflushed change, 0 = none */
   _Atomic uint64_t twins_in_memory;
   _Atomic bool outage;
+  delay_hist_t snapshot_delay; /* per twin written: flush done - became dirty */
 } stats_t;
 
 typedef struct {
@@ -115,11 +131,12 @@ typedef struct {
   int64_t last_flush_ms;
   bool outage; /* MongoDB or Kafka unavailable: partitions paused */
   int64_t outage_since;
-  tw_arena_t arena;    /* the batch's decoded envelopes; reset after each batch */
-  bool fenced;         /* the last flush waited for an export (store.h fence) */
-  uint64_t flush_seq;  /* flush ids for the export fence */
-  bool dlq_pending;    /* DLQ messages produced since the last flush */
-  bool alerts_pending; /* alerts produced since the last flush */
+  tw_arena_t arena;      /* the batch's decoded envelopes; reset after each batch */
+  int64_t batch_wall_ms; /* when the batch being applied was consumed */
+  bool fenced;           /* the last flush waited for an export (store.h fence) */
+  uint64_t flush_seq;    /* flush ids for the export fence */
+  bool dlq_pending;      /* DLQ messages produced since the last flush */
+  bool alerts_pending;   /* alerts produced since the last flush */
 
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -146,7 +163,8 @@ struct engine {
   _Atomic int assigned;       /* input partitions assigned to this instance */
   _Atomic bool mongo_ok;      /* the main thread's last ping */
   tw_http_t *http;
-  char instance[96]; /* host:pid, names this instance's flushes in the export fence */
+  delay_hist_t alert_delay; /* consumed -> acknowledged by Kafka, per alert */
+  char instance[96];        /* host:pid, names this instance's flushes in the export fence */
 };
 
 /* ---- Small helpers --------------------------------------------------------- */
@@ -175,6 +193,7 @@ static part_t *shard_part(shard_t *s, int topic_idx, int32_t partition, bool cre
 static void mark_dirty(shard_t *s, tw_twin_t *t) {
   if (t->dirty) return;
   t->dirty = true;
+  t->dirty_ms = tw_now_ms();
   if (s->n_dirty == 0) atomic_store(&s->st.dirty_since_wall_ms, tw_now_ms());
   if (s->n_dirty == s->cap_dirty) {
     s->cap_dirty = s->cap_dirty ? s->cap_dirty * 2 : 1024;
@@ -266,6 +285,9 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
   if (m->err) {
     atomic_fetch_add(&e->dlq_failed, 1);
     TW_ERROR("producer", "delivery to %s failed: %s", rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+  } else if (m->_private && strcmp(rd_kafka_topic_name(m->rkt), e->cfg->topic_alerts) == 0) {
+    /* The alert's opaque is the wall-clock ms when its event was consumed. */
+    delay_observe(&e->alert_delay, (double)(tw_now_ms() - (int64_t)(intptr_t)m->_private) / 1000.0);
   }
 }
 
@@ -322,6 +344,7 @@ static void alert_cb(void *ud, const Twin__V1__MaintenanceAlert *al) {
     rd_kafka_resp_err_t err =
         rd_kafka_producev(e->producer, RD_KAFKA_V_TOPIC(e->cfg->topic_alerts),
                           RD_KAFKA_V_KEY(al->product_id, strlen(al->product_id)), RD_KAFKA_V_VALUE(buf, len),
+                          RD_KAFKA_V_OPAQUE((void *)(intptr_t)s->batch_wall_ms),
                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !g_abort) {
@@ -388,9 +411,11 @@ static bool write_snapshots_and_checkpoints(shard_t *s, size_t n, rd_kafka_topic
     size_t stale = 0;
     if (!tw_store_write_twins(s->store, s->dirty, n, tw_now_ms(), &stale, err)) return false;
     if (stale) TW_DEBUG("shard", "shard %d: %zu snapshots already newer in MongoDB", s->id, stale);
+    int64_t done = tw_now_ms();
     for (size_t i = 0; i < n; i++) {
       s->dirty[i]->dirty = false;
       s->dirty[i]->stored = true;
+      delay_observe(&s->st.snapshot_delay, (double)(done - s->dirty[i]->dirty_ms) / 1000.0);
     }
     s->n_dirty = 0;
   }
@@ -685,6 +710,7 @@ static void ensure_twins(shard_t *s, pending_t *pend, size_t n) {
 }
 
 static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
+  s->batch_wall_ms = tw_now_ms();
   engine_t *e = s->e;
   pending_t *pend = tw_xmalloc((n ? n : 1) * sizeof *pend);
   size_t np = 0;
@@ -975,6 +1001,20 @@ static void metric_head(bson_string_t *o, const char *name, const char *type, co
   bson_string_append_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+static void delay_write(bson_string_t *o, const char *name, int shard, delay_hist_t *h) {
+  char lab[32] = "";
+  if (shard >= 0) snprintf(lab, sizeof lab, "shard=\"%d\",", shard);
+  for (int b = 0; b < DELAY_BUCKETS; b++)
+    bson_string_append_printf(o, "%s_bucket{%sle=\"%g\"} %llu\n", name, lab, delay_le[b],
+                              (unsigned long long)h->bucket[b]);
+  bson_string_append_printf(o, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, lab, (unsigned long long)h->count);
+  if (lab[0]) lab[strlen(lab) - 1] = '\0';
+  bson_string_append_printf(o, "%s_sum%s%s%s %.6f\n", name, lab[0] ? "{" : "", lab, lab[0] ? "}" : "",
+                            (double)h->sum_us / 1e6);
+  bson_string_append_printf(o, "%s_count%s%s%s %llu\n", name, lab[0] ? "{" : "", lab, lab[0] ? "}" : "",
+                            (unsigned long long)h->count);
+}
+
 static void http_metrics(void *ud, bson_string_t *o) {
   engine_t *e = ud;
   static const char *outcomes[] = {"consumed", "applied",  "stale",    "duplicate",
@@ -1045,6 +1085,14 @@ static void http_metrics(void *ud, bson_string_t *o) {
     bson_string_append_printf(o, "twin_snapshot_staleness_seconds{shard=\"%d\"} %.3f\n", k,
                               since > 0 && now > since ? (double)(now - since) / 1000.0 : 0.0);
   }
+  metric_head(o, "twin_snapshot_delay_seconds", "histogram",
+              "Per twin written: from the event that made it dirty being applied to its snapshot being "
+              "acknowledged by MongoDB, by shard.");
+  for (int k = 0; k < e->n_shards; k++)
+    delay_write(o, "twin_snapshot_delay_seconds", k, &e->shards[k].st.snapshot_delay);
+  metric_head(o, "twin_alert_delay_seconds", "histogram",
+              "Per alert: from its event being consumed to Kafka acknowledging the alert.");
+  delay_write(o, "twin_alert_delay_seconds", -1, &e->alert_delay);
   metric_head(o, "twin_alerts_total", "counter", "Maintenance alerts sent, by shard and state.");
   for (int k = 0; k < e->n_shards; k++) {
     stats_t *st = &e->shards[k].st;
@@ -1275,17 +1323,20 @@ int tw_engine_run(const tw_config_t *cfg) {
   tw_http_engine_t cb = {&e, http_twin, http_metrics, http_ready};
   char herr[512] = "";
   e.http = tw_http_start(cfg, &cb, herr, sizeof herr);
-  if (!e.http && herr[0]) {
-    TW_ERROR("http", "%s", herr);
-    g_stop = 1;
-  }
+  bool http_failed = !e.http && herr[0];
+  if (http_failed) TW_ERROR("http", "%s", herr);
 
-  rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(2);
-  rd_kafka_topic_partition_list_add(subs, cfg->topic_telemetry, RD_KAFKA_PARTITION_UA);
-  rd_kafka_topic_partition_list_add(subs, cfg->topic_lifecycle, RD_KAFKA_PARTITION_UA);
-  rd_kafka_resp_err_t serr = rd_kafka_subscribe(e.consumer, subs);
-  rd_kafka_topic_partition_list_destroy(subs);
-  if (serr) {
+  rd_kafka_resp_err_t serr = RD_KAFKA_RESP_ERR_NO_ERROR;
+  if (!http_failed) {
+    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(2);
+    rd_kafka_topic_partition_list_add(subs, cfg->topic_telemetry, RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(subs, cfg->topic_lifecycle, RD_KAFKA_PARTITION_UA);
+    serr = rd_kafka_subscribe(e.consumer, subs);
+    rd_kafka_topic_partition_list_destroy(subs);
+  }
+  if (http_failed) {
+    rc = 2; /* a setting (http.*) that cannot work: nothing was consumed */
+  } else if (serr) {
     TW_ERROR("engine", "cannot subscribe: %s", rd_kafka_err2str(serr));
   } else {
     TW_INFO("engine", "running: %d shards, %d partitions per topic, group %s, MongoDB database %s",
