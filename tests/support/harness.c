@@ -315,9 +315,15 @@ int64_t h_checkpoints_total(const h_scenario_t *s) {
 }
 
 bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
-  int64_t end = h_end_offsets_total(s);
-  for (int i = 0; i < timeout_s * 4; i++) {
-    if (h_checkpoints_total(s) >= end) return true;
+  /* Slow is fine (FerretDB on a busy 2-core machine), stuck is not: give up
+   * after timeout_s without progress, or 15 minutes in all. */
+  int64_t end = h_end_offsets_total(s), last = -1;
+  int idle = 0;
+  for (int i = 0; i < 900 * 4 && idle < timeout_s * 4; i++) {
+    int64_t now = h_checkpoints_total(s);
+    if (now >= end) return true;
+    idle = now > last ? 0 : idle + 1;
+    last = now > last ? now : last;
     msleep(250);
   }
   fprintf(stderr, "[harness] not caught up: checkpoints %lld of %lld\n", (long long)h_checkpoints_total(s),

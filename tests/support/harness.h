@@ -58,7 +58,8 @@ long h_rss_kib(pid_t pid);
 int64_t h_end_offsets_total(const h_scenario_t *s);
 /* Sum of the stored checkpoints of the scenario's group. */
 int64_t h_checkpoints_total(const h_scenario_t *s);
-/* Waits until the checkpoints cover every message (true) or timeout_s passes. */
+/* Waits until the checkpoints cover every message (true); false after
+ * timeout_s seconds without progress (or 15 minutes in all). */
 bool h_wait_caught_up(const h_scenario_t *s, int timeout_s);
 
 /* Replays the record through validation and the reducer. */

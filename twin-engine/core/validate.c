@@ -111,8 +111,7 @@ bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t
   if (idn == 0) return tw_fail(err, cap, "product_id is empty");
   if (idn > TW_PRODUCT_ID_MAX)
     return tw_fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
-  if (!tw_utf8_valid(env->product_id, idn))
-    return tw_fail(err, cap, "product_id is not valid UTF-8");
+  if (!tw_utf8_valid(env->product_id, idn)) return tw_fail(err, cap, "product_id is not valid UTF-8");
   for (size_t i = 0; i < idn; i++)
     if ((unsigned char)env->product_id[i] < 0x20)
       return tw_fail(err, cap, "product_id contains control characters");
