@@ -209,7 +209,7 @@ bool h_wait_engine_log(const char *needle, int timeout_s) {
 
 pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra) {
   static int counter = 0;
-  char bin[512], sets[16][256], log[300];
+  char bin[512], sets[20][256], log[300];
   const char *argv[80];
   int n = 0, k = 0;
   snprintf(bin, sizeof bin, "%s/twin-engine", s->bin_dir);
@@ -233,6 +233,9 @@ pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra
   SET("snapshot.interval.ms=%d", 1000);
   SET("kafka.session.timeout.ms=%d", 6000);
   SET("kafka.max.poll.interval.ms=%d", 60000);
+  /* Several engines run at once: each HTTP server on a free port (extra
+   * --set http.listen=... wins). */
+  SET("http.listen=%s", "127.0.0.1:0");
 #undef SET
   for (; extra && *extra && n < 76; extra++) {
     argv[n++] = "--set";
