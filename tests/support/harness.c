@@ -244,7 +244,21 @@ pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra
   argv[n] = NULL;
   snprintf(log, sizeof log, "%s/engine-%d.log", s->logdir, counter++);
   snprintf(g_last_log, sizeof g_last_log, "%s", log);
-  return spawn(argv, log);
+  pid_t pid = spawn(argv, log);
+  /* Return once the engine handles SIGTERM (SigCgt bit 15), so a test that
+   * stops it at once gets a graceful stop, not the default action. */
+  for (int i = 0; i < 100; i++) {
+    char path[64], line[256];
+    unsigned long long caught = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+      if (strncmp(line, "SigCgt:", 7) == 0) caught = strtoull(line + 7, NULL, 16);
+    if (f) fclose(f);
+    if (caught & (1ULL << (SIGTERM - 1))) break;
+    msleep(50);
+  }
+  return pid;
 }
 
 int h_engine_stop(pid_t pid, int sig) {
