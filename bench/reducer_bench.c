@@ -73,18 +73,10 @@ static double run_pass(const msg_t *m, size_t n, bool arena_mode, const tw_rules
     if (!env || !tw_envelope_validate(env, m[i].key, m[i].key_len, err, sizeof err)) {
       c->invalid++;
     } else {
-      tw_twin_t *t = tw_map_get(&twins, env->product_id);
-      if (!t) {
-        t = tw_twin_new(env->product_id, 64);
-        tw_map_put(&twins, t);
-      }
-      tw_outcome_t o = tw_reduce(t, env, NULL);
+      tw_outcome_t o =
+          tw_apply_event(rules, tw_map_get_or_new(&twins, env->product_id, 64), env, NULL, count_alert, c);
       if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
         c->applied++;
-        if (rules) {
-          tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
-          tw_rules_eval(rules, t, &ev, count_alert, c);
-        }
       } else {
         c->other++;
       }

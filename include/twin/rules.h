@@ -71,6 +71,11 @@ typedef void (*tw_alert_cb)(void *ud, const Twin__V1__MaintenanceAlert *alert);
  * calls cb for each RAISED / CLEARED. Returns the number of transitions. */
 size_t tw_rules_eval(const tw_rules_t *r, tw_twin_t *t, const tw_rule_event_t *ev, tw_alert_cb cb, void *ud);
 
+/* What a shard does with each event: tw_reduce(), then, when the event was
+ * accepted (applied or stale), tw_rules_eval() with cb for the alerts. */
+tw_outcome_t tw_apply_event(const tw_rules_t *r, tw_twin_t *t, const Twin__V1__Envelope *env,
+                            const char **reason, tw_alert_cb cb, void *ud);
+
 /* Predictive brake wear: when the thinnest pad is projected to reach
  * limit_mm (ms since epoch) and at what odometer (NAN when unknown).
  * False when the fit has too few samples or shows no wear. */

@@ -371,25 +371,9 @@ static void test_golden_through_kafka(void **state) {
 
 /* ---- 2. kill -9 during a fleet's stream: each transition exactly once --------- */
 
-typedef struct {
-  bson_t arr;
-  uint32_t n;
-} collected_t;
-
-static void collect(void *ud, const Twin__V1__MaintenanceAlert *a) {
-  collected_t *c = ud;
-  bson_t d = BSON_INITIALIZER;
-  tw_alert_to_bson(a, &d);
-  char key[16];
-  const char *kp;
-  bson_uint32_to_string(c->n++, &kp, key, sizeof key);
-  BSON_APPEND_DOCUMENT(&c->arr, kp, &d);
-  bson_destroy(&d);
-}
-
 /* Replays the record in the order it is produced below (every lifecycle
  * event, then every telemetry event) through the reducer and the rules. */
-static void expected_transitions(const h_scenario_t *s, collected_t *out) {
+static void expected_transitions(const h_scenario_t *s, tw_alert_list_t *out) {
   char err[512];
   tw_rules_t *rules = tw_rules_compile(true, NULL, 0, err, sizeof err);
   assert_non_null(rules);
@@ -412,16 +396,8 @@ static void expected_transitions(const h_scenario_t *s, collected_t *out) {
         if (env) twin__v1__envelope__free_unpacked(env, NULL);
         continue;
       }
-      tw_twin_t *t = tw_map_get(&twins, env->product_id);
-      if (!t) {
-        t = tw_twin_new(env->product_id, 64);
-        tw_map_put(&twins, t);
-      }
-      tw_outcome_t o = tw_reduce(t, env, NULL);
-      if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
-        tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
-        tw_rules_eval(rules, t, &ev, collect, out);
-      }
+      tw_apply_event(rules, tw_map_get_or_new(&twins, env->product_id, 64), env, NULL, tw_alert_list_add,
+                     out);
       twin__v1__envelope__free_unpacked(env, NULL);
     }
     tw_record_reader_close(r);
@@ -478,7 +454,7 @@ static void test_crash_dedupe(void **state) {
   const char *sim[] = {"--no-kafka",   "--seed", "21",        "--products", "120",     "--events", "40000",
                        "--duplicates", "0.01",   "--reorder", "0.01",       "--quiet", NULL};
   h_run_sim(&s, sim);
-  collected_t want;
+  tw_alert_list_t want;
   expected_transitions(&s, &want);
   fprintf(stderr, "[test] the record gives %u alert transitions\n", want.n);
   assert_true(want.n >= 50);

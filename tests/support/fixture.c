@@ -347,6 +347,17 @@ bool tw_bson_equal(const bson_t *expect, const bson_t *actual, char *why, size_t
   return false;
 }
 
+void tw_alert_list_add(void *list, const Twin__V1__MaintenanceAlert *a) {
+  tw_alert_list_t *c = list;
+  bson_t d = BSON_INITIALIZER;
+  tw_alert_to_bson(a, &d);
+  char key[16];
+  const char *kp;
+  bson_uint32_to_string(c->n++, &kp, key, sizeof key);
+  BSON_APPEND_DOCUMENT(&c->arr, kp, &d);
+  bson_destroy(&d);
+}
+
 void tw_alert_to_bson(const Twin__V1__MaintenanceAlert *a, bson_t *out) {
   const ProtobufCEnumValue *sev =
       protobuf_c_enum_descriptor_get_value(&twin__v1__severity__descriptor, a->severity);

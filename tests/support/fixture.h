@@ -27,6 +27,13 @@ bool tw_bson_subset(const bson_t *expect, const bson_t *actual, char *why, size_
 /* A MaintenanceAlert as a document with the proto field names (enums by
  * name, predicted_at_ms only when set), for comparing with fixtures. */
 void tw_alert_to_bson(const Twin__V1__MaintenanceAlert *a, bson_t *out);
+/* Collects alerts as an array of tw_alert_to_bson() documents; pass
+ * tw_alert_list_add as the tw_alert_cb and the list as its ud. */
+typedef struct {
+  bson_t arr; /* bson_init() before use */
+  uint32_t n;
+} tw_alert_list_t;
+void tw_alert_list_add(void *list, const Twin__V1__MaintenanceAlert *a);
 /* tw_bson_subset both ways: the same fields with equal values. */
 bool tw_bson_equal(const bson_t *expect, const bson_t *actual, char *why, size_t why_cap);
 

@@ -397,16 +397,7 @@ void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *
       if (env) twin__v1__envelope__free_unpacked(env, NULL);
       continue;
     }
-    tw_twin_t *t = tw_map_get(&out->twins, env->product_id);
-    if (!t) {
-      t = tw_twin_new(env->product_id, seq_window);
-      tw_map_put(&out->twins, t);
-    }
-    tw_outcome_t o = tw_reduce(t, env, NULL);
-    if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
-      tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
-      tw_rules_eval(rules, t, &ev, NULL, NULL);
-    }
+    tw_apply_event(rules, tw_map_get_or_new(&out->twins, env->product_id, seq_window), env, NULL, NULL, NULL);
     out->valid++;
     twin__v1__envelope__free_unpacked(env, NULL);
   }

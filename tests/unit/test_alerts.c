@@ -31,22 +31,6 @@ typedef struct {
   bson_t *fx;
 } fx_state_t;
 
-typedef struct {
-  bson_t arr;
-  uint32_t n;
-} collected_t;
-
-static void collect(void *ud, const Twin__V1__MaintenanceAlert *a) {
-  collected_t *c = ud;
-  bson_t d = BSON_INITIALIZER;
-  tw_alert_to_bson(a, &d);
-  char key[16];
-  const char *kp;
-  bson_uint32_to_string(c->n++, &kp, key, sizeof key);
-  BSON_APPEND_DOCUMENT(&c->arr, kp, &d);
-  bson_destroy(&d);
-}
-
 static tw_twin_t *roundtrip(tw_twin_t *t) {
   bson_t doc = BSON_INITIALIZER;
   char err[256];
@@ -59,12 +43,8 @@ static tw_twin_t *roundtrip(tw_twin_t *t) {
 }
 
 /* Applies one envelope and evaluates the rules, as a shard does. */
-static void apply(const tw_rules_t *rules, tw_twin_t *t, const Twin__V1__Envelope *env, collected_t *c) {
-  tw_outcome_t o = tw_reduce(t, env, NULL);
-  if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
-    tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
-    tw_rules_eval(rules, t, &ev, collect, c);
-  }
+static void apply(const tw_rules_t *rules, tw_twin_t *t, const Twin__V1__Envelope *env, tw_alert_list_t *c) {
+  tw_apply_event(rules, t, env, NULL, tw_alert_list_add, c);
 }
 
 static const char *str_field(const bson_t *b, const char *key, const char *def) {
@@ -128,7 +108,7 @@ static void free_specs(tw_rule_spec_t *specs, size_t n) {
 }
 
 /* Replays the fixture; restart: round-trip the twin after every event. */
-static tw_twin_t *replay(const fx_state_t *st, bool restart, collected_t *c) {
+static tw_twin_t *replay(const fx_state_t *st, bool restart, tw_alert_list_t *c) {
   tw_rule_spec_t specs[16];
   size_t n_specs;
   tw_rules_t *rules = fixture_rules(st->fx, specs, &n_specs);
@@ -165,7 +145,7 @@ static tw_twin_t *replay(const fx_state_t *st, bool restart, collected_t *c) {
 
 static void test_fixture(void **state) {
   fx_state_t *st = *state;
-  collected_t got, again;
+  tw_alert_list_t got, again;
   tw_twin_t *t = replay(st, false, &got);
   bson_iter_t it;
   assert_true(bson_iter_init_find(&it, st->fx, "alerts"));
@@ -243,7 +223,7 @@ static void test_predictive_accuracy(void **state) {
   const int64_t truth = t0 + 300 * DAY;
   uint64_t x = 42;
   tw_twin_t *t = tw_twin_new("VIN0WEAR000000001", 0);
-  collected_t c;
+  tw_alert_list_t c;
   bson_init(&c.arr);
   c.n = 0;
   uint64_t seq = 0;

@@ -41,6 +41,17 @@ static size_t find(const tw_map_t *m, const char *id, uint64_t h) {
 
 tw_twin_t *tw_map_get(const tw_map_t *m, const char *id) { return m->slots[find(m, id, tw_map_hash(id))]; }
 
+static void grow(tw_map_t *m);
+
+tw_twin_t *tw_map_get_or_new(tw_map_t *m, const char *id, uint32_t seq_window) {
+  tw_twin_t *t = tw_map_get(m, id);
+  if (!t) {
+    t = tw_twin_new(id, seq_window);
+    tw_map_put(m, t);
+  }
+  return t;
+}
+
 static void grow(tw_map_t *m) {
   tw_map_t n = {tw_xcalloc(m->cap * 2, sizeof(tw_twin_t *)), tw_xcalloc(m->cap * 2, sizeof(uint64_t)),
                 m->cap * 2, 0};

@@ -21,6 +21,8 @@ void tw_map_cleanup(tw_map_t *m, bool destroy_twins);
 tw_twin_t *tw_map_get(const tw_map_t *m, const char *product_id);
 /* Inserts t (whose product_id is not in the map yet). */
 void tw_map_put(tw_map_t *m, tw_twin_t *t);
+/* The twin of product_id, created empty (seq window seq_window) if new. */
+tw_twin_t *tw_map_get_or_new(tw_map_t *m, const char *product_id, uint32_t seq_window);
 /* Removes and returns the twin, or NULL. */
 tw_twin_t *tw_map_del(tw_map_t *m, const char *product_id);
 uint64_t tw_map_hash(const char *s);

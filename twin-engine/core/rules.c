@@ -932,6 +932,16 @@ static uint32_t cycle_next(tw_twin_t *t, const char *rule) {
   return 1;
 }
 
+tw_outcome_t tw_apply_event(const tw_rules_t *r, tw_twin_t *t, const Twin__V1__Envelope *env,
+                            const char **reason, tw_alert_cb cb, void *ud) {
+  tw_outcome_t o = tw_reduce(t, env, reason);
+  if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
+    tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
+    tw_rules_eval(r, t, &ev, cb, ud);
+  }
+  return o;
+}
+
 size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *ev, tw_alert_cb cb,
                      void *ud) {
   size_t transitions = 0;

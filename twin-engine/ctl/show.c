@@ -268,22 +268,33 @@ static void print_twin(const bson_t *doc) {
   print_alerts(doc);
 }
 
-int ctl_cmd_get(ctl_db_t *db, int argc, char **argv) {
-  bool json = false;
+#define CTL_HELP (-1) /* fetch_one printed the help */
+
+/* The options get and timeline share (ID, --json, connection), then the
+ * twin's document into *doc. */
+static int fetch_one(ctl_db_t *db, const char *cmd, const char *help, int argc, char **argv, bool *json,
+                     bson_t **doc) {
   const char *pos[1];
   int n_pos;
   ctl_opts_t opts = {0};
-  ctl_opt(&opts, "--json", CTL_OPT_FLAG, &json, 0, 0, NULL);
+  ctl_opt(&opts, "--json", CTL_OPT_FLAG, json, 0, 0, NULL);
   ctl_opts_db(&opts, db);
-  switch (ctl_parse("get", argc, argv, &opts, pos, 1, &n_pos)) {
-  case CTL_PARSE_HELP: fputs(get_help, stdout); return CTL_OK;
+  switch (ctl_parse(cmd, argc, argv, &opts, pos, 1, &n_pos)) {
+  case CTL_PARSE_HELP: fputs(help, stdout); return CTL_HELP;
   case CTL_PARSE_ERROR: return CTL_USAGE;
   case CTL_PARSE_OK: break;
   }
-  if (n_pos != 1) return ctl_usage_error("get", "missing the twin's ID (its product_id, e.g. a VIN)");
-  int rc = ctl_db_open(db, "get");
+  if (n_pos != 1) return ctl_usage_error(cmd, "missing the twin's ID (its product_id, e.g. a VIN)");
+  int rc = ctl_db_open(db, cmd);
+  if (rc == CTL_OK) rc = ctl_db_get_twin(db, pos[0], doc);
+  return rc;
+}
+
+int ctl_cmd_get(ctl_db_t *db, int argc, char **argv) {
+  bool json = false;
   bson_t *doc = NULL;
-  if (rc == CTL_OK) rc = ctl_db_get_twin(db, pos[0], &doc);
+  int rc = fetch_one(db, "get", get_help, argc, argv, &json, &doc);
+  if (rc == CTL_HELP) return CTL_OK;
   if (rc == CTL_OK) {
     if (json) {
       char *s = bson_as_relaxed_extended_json(doc, NULL);
@@ -377,20 +388,9 @@ static void add_entry_row(ctl_table_t *t, const bson_t *e) {
 
 int ctl_cmd_timeline(ctl_db_t *db, int argc, char **argv) {
   bool json = false;
-  const char *pos[1];
-  int n_pos;
-  ctl_opts_t opts = {0};
-  ctl_opt(&opts, "--json", CTL_OPT_FLAG, &json, 0, 0, NULL);
-  ctl_opts_db(&opts, db);
-  switch (ctl_parse("timeline", argc, argv, &opts, pos, 1, &n_pos)) {
-  case CTL_PARSE_HELP: fputs(timeline_help, stdout); return CTL_OK;
-  case CTL_PARSE_ERROR: return CTL_USAGE;
-  case CTL_PARSE_OK: break;
-  }
-  if (n_pos != 1) return ctl_usage_error("timeline", "missing the twin's ID (its product_id, e.g. a VIN)");
-  int rc = ctl_db_open(db, "timeline");
   bson_t *doc = NULL;
-  if (rc == CTL_OK) rc = ctl_db_get_twin(db, pos[0], &doc);
+  int rc = fetch_one(db, "timeline", timeline_help, argc, argv, &json, &doc);
+  if (rc == CTL_HELP) return CTL_OK;
   if (rc == CTL_OK) {
     uint32_t n;
     entry_t *e = sorted_entries(doc, &n);
@@ -401,7 +401,7 @@ int ctl_cmd_timeline(ctl_db_t *db, int argc, char **argv) {
         bson_free(s);
       }
     } else if (n == 0) {
-      printf("Timeline of %s: no lifecycle events\n", pos[0]);
+      printf("Timeline of %s: no lifecycle events\n", ctl_str(doc, "_id"));
     } else {
       static const char *heads[] = {"TIME",   "KIND",  "SITE",        "ACTOR", "WORK_ORDER",
                                     "RECALL", "PARTS", "ODOMETER_KM", "DETAIL"};
@@ -413,7 +413,7 @@ int ctl_cmd_timeline(ctl_db_t *db, int argc, char **argv) {
         if (st && strcmp(st, "rejected") == 0) rejected++;
         add_entry_row(&t, &e[i].doc);
       }
-      printf("Timeline of %s: %u events, %u rejected, oldest first\n", pos[0], n, rejected);
+      printf("Timeline of %s: %u events, %u rejected, oldest first\n", ctl_str(doc, "_id"), n, rejected);
       ctl_table_print(&t, stdout);
       ctl_table_cleanup(&t);
     }

@@ -761,13 +761,9 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
       atomic_fetch_add(&s->st.replayed[ti], 1); /* already in the stored snapshot */
     } else {
       const char *why = NULL;
-      tw_outcome_t o = tw_reduce(t, pd->env, &why);
+      tw_outcome_t o = tw_apply_event(e->rules, t, pd->env, &why, alert_cb, s);
       t->offsets[ti] = pd->m->offset;
       mark_dirty(s, t);
-      if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
-        tw_rule_event_t rev = {pd->env->event_time_ms, pd->env->source, pd->env->seq};
-        tw_rules_eval(e->rules, t, &rev, alert_cb, s);
-      }
       switch (o) {
       case TW_OUT_APPLIED: atomic_fetch_add(&s->st.applied[ti], 1); break;
       case TW_OUT_STALE: atomic_fetch_add(&s->st.stale[ti], 1); break;
