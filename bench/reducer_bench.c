@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "arena.h"
+#include "decode.h"
 #include "map.h"
 #include "twin/record.h"
 #include "twin/rules.h"
@@ -68,8 +69,8 @@ static double run_pass(const msg_t *m, size_t n, bool arena_mode, const tw_rules
   memset(c, 0, sizeof *c);
   double t0 = now_s();
   for (size_t i = 0; i < n; i++) {
-    Twin__V1__Envelope *env =
-        twin__v1__envelope__unpack(arena_mode ? &arena.pb : NULL, m[i].value_len, m[i].value);
+    Twin__V1__Envelope *env = arena_mode ? tw_envelope_decode(&arena, m[i].value, m[i].value_len)
+                                         : twin__v1__envelope__unpack(NULL, m[i].value_len, m[i].value);
     if (!env || !tw_envelope_validate(env, m[i].key, m[i].key_len, err, sizeof err)) {
       c->invalid++;
     } else {

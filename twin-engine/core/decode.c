@@ -1,0 +1,312 @@
+/* decode.c - a direct decoder for the canonical encoding of an Envelope;
+ * anything else goes to protobuf-c (see decode.h). */
+#include "decode.h"
+
+#include <string.h>
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "decode.c copies doubles as little-endian bytes"
+#endif
+
+/* Wire types. */
+enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+typedef struct {
+  const uint8_t *p, *end;
+} rd_t;
+
+/* A varint of at most 10 bytes; false if truncated or longer. */
+static inline bool rd_varint(rd_t *r, uint64_t *v) {
+  const uint8_t *p = r->p;
+  if (p < r->end && *p < 0x80) { /* the common one-byte case */
+    *v = *p;
+    r->p = p + 1;
+    return true;
+  }
+  uint64_t x = 0;
+  for (int shift = 0; shift < 70 && p < r->end; shift += 7) {
+    uint8_t b = *p++;
+    if (shift == 63 && b > 1) return false; /* would overflow 64 bits */
+    x |= (uint64_t)(b & 0x7f) << shift;
+    if (b < 0x80) {
+      *v = x;
+      r->p = p;
+      return true;
+    }
+  }
+  return false;
+}
+
+static inline bool rd_tag(rd_t *r, uint32_t *field, uint32_t *wt) {
+  uint64_t t;
+  if (!rd_varint(r, &t) || t > UINT32_MAX || (t >> 3) == 0) return false;
+  *field = (uint32_t)(t >> 3);
+  *wt = (uint32_t)(t & 7);
+  return true;
+}
+
+/* A length-delimited field's bytes. */
+static inline bool rd_len(rd_t *r, rd_t *sub) {
+  uint64_t n;
+  if (!rd_varint(r, &n) || n > (uint64_t)(r->end - r->p)) return false;
+  sub->p = r->p;
+  sub->end = r->p + n;
+  r->p += n;
+  return true;
+}
+
+static inline bool rd_double(rd_t *r, double *d) {
+  if (r->end - r->p < 8) return false;
+  memcpy(d, r->p, 8); /* little-endian on every platform we build for */
+  r->p += 8;
+  return true;
+}
+
+static char *str(tw_arena_t *a, const rd_t *s) {
+  size_t n = (size_t)(s->end - s->p);
+  char *c = tw_arena_alloc(a, n + 1);
+  memcpy(c, s->p, n);
+  c[n] = '\0';
+  return c;
+}
+
+/* Packed doubles; one occurrence only. */
+static bool packed_doubles(tw_arena_t *a, const rd_t *s, size_t *n, double **v) {
+  size_t bytes = (size_t)(s->end - s->p);
+  if (*n || bytes % 8) return false;
+  *n = bytes / 8;
+  if (*n) {
+    *v = tw_arena_alloc(a, bytes);
+    memcpy(*v, s->p, bytes);
+  }
+  return true;
+}
+
+/* Collected string fields of a repeated field, copied out at the end. */
+typedef struct {
+  size_t n;
+  rd_t v[TW_DECODE_MAX_REPEATED];
+} strs_t;
+
+static bool strs_add(strs_t *l, const rd_t *s) {
+  if (l->n == TW_DECODE_MAX_REPEATED) return false;
+  l->v[l->n++] = *s;
+  return true;
+}
+
+static char **strs_copy(tw_arena_t *a, const strs_t *l) {
+  if (!l->n) return NULL;
+  char **out = tw_arena_alloc(a, l->n * sizeof *out);
+  for (size_t i = 0; i < l->n; i++) out[i] = str(a, &l->v[i]);
+  return out;
+}
+
+#define SEEN(f)                           \
+  do {                                    \
+    if (seen & (1u << (f))) return false; \
+    seen |= 1u << (f);                    \
+  } while (0)
+
+static bool metrics_entry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry__MetricsEntry **out) {
+  Twin__V1__Telemetry__MetricsEntry *e = tw_arena_alloc(a, sizeof *e);
+  *e = (Twin__V1__Telemetry__MetricsEntry)TWIN__V1__TELEMETRY__METRICS_ENTRY__INIT;
+  uint32_t seen = 0, f, wt;
+  while (r.p < r.end) {
+    rd_t s;
+    if (!rd_tag(&r, &f, &wt)) return false;
+    if (f == 1 && wt == WT_LEN) {
+      SEEN(1);
+      if (!rd_len(&r, &s)) return false;
+      e->key = str(a, &s);
+    } else if (f == 2 && wt == WT_I64) {
+      SEEN(2);
+      if (!rd_double(&r, &e->value)) return false;
+    } else {
+      return false;
+    }
+  }
+  *out = e;
+  return true;
+}
+
+static bool attributes_entry(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent__AttributesEntry **out) {
+  Twin__V1__LifecycleEvent__AttributesEntry *e = tw_arena_alloc(a, sizeof *e);
+  *e = (Twin__V1__LifecycleEvent__AttributesEntry)TWIN__V1__LIFECYCLE_EVENT__ATTRIBUTES_ENTRY__INIT;
+  uint32_t seen = 0, f, wt;
+  while (r.p < r.end) {
+    rd_t s;
+    if (!rd_tag(&r, &f, &wt) || wt != WT_LEN || (f != 1 && f != 2)) return false;
+    SEEN(f);
+    if (!rd_len(&r, &s)) return false;
+    *(f == 1 ? &e->key : &e->value) = str(a, &s);
+  }
+  *out = e;
+  return true;
+}
+
+/* Sets an optional double: the field's presence case is its number. */
+#define OPT_DOUBLE(num, name)                                   \
+  case num:                                                     \
+    if (wt != WT_I64 || !rd_double(&r, &t->name)) return false; \
+    t->_##name##_case = num;                                    \
+    break
+
+static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
+  Twin__V1__Telemetry *t = tw_arena_alloc(a, sizeof *t);
+  *t = (Twin__V1__Telemetry)TWIN__V1__TELEMETRY__INIT;
+  strs_t dtc = {0};
+  size_t n_metrics = 0;
+  Twin__V1__Telemetry__MetricsEntry *metrics[TW_DECODE_MAX_REPEATED];
+  uint32_t seen = 0, f, wt;
+  while (r.p < r.end) {
+    rd_t s;
+    if (!rd_tag(&r, &f, &wt)) return false;
+    if (f > 17) return false;
+    if (f != 10 && f != 12) SEEN(f);
+    switch (f) {
+      OPT_DOUBLE(1, odometer_km);
+      OPT_DOUBLE(2, speed_kph);
+      OPT_DOUBLE(3, battery_soc_pct);
+      OPT_DOUBLE(4, battery_soh_pct);
+      OPT_DOUBLE(5, battery_temp_c);
+      OPT_DOUBLE(6, latitude);
+      OPT_DOUBLE(7, longitude);
+      OPT_DOUBLE(14, fuel_level_pct);
+      OPT_DOUBLE(15, aux_battery_v);
+      OPT_DOUBLE(16, ambient_temp_c);
+      OPT_DOUBLE(17, range_km);
+    case 8:
+      if (wt != WT_LEN || !rd_len(&r, &s) ||
+          !packed_doubles(a, &s, &t->n_tire_pressure_kpa, &t->tire_pressure_kpa))
+        return false;
+      break;
+    case 9:
+      if (wt != WT_LEN || !rd_len(&r, &s) || !packed_doubles(a, &s, &t->n_brake_pad_mm, &t->brake_pad_mm))
+        return false;
+      break;
+    case 10:
+      if (wt != WT_LEN || !rd_len(&r, &s) || !strs_add(&dtc, &s)) return false;
+      break;
+    case 11:
+      if (wt != WT_LEN || !rd_len(&r, &s)) return false;
+      t->firmware_version = str(a, &s);
+      t->_firmware_version_case = TWIN__V1__TELEMETRY___FIRMWARE_VERSION_FIRMWARE_VERSION;
+      break;
+    case 12:
+      if (wt != WT_LEN || !rd_len(&r, &s) || n_metrics == TW_DECODE_MAX_REPEATED ||
+          !metrics_entry(a, s, &metrics[n_metrics++]))
+        return false;
+      break;
+    case 13: {
+      uint64_t v;
+      if (wt != WT_VARINT || !rd_varint(&r, &v)) return false;
+      t->dtc_codes_reported = v != 0;
+      break;
+    }
+    default: return false;
+    }
+  }
+  t->n_dtc_codes = dtc.n;
+  t->dtc_codes = strs_copy(a, &dtc);
+  if ((t->n_metrics = n_metrics)) {
+    t->metrics = tw_arena_alloc(a, n_metrics * sizeof *t->metrics);
+    memcpy(t->metrics, metrics, n_metrics * sizeof *t->metrics);
+  }
+  *out = t;
+  return true;
+}
+
+static bool lifecycle(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent **out) {
+  Twin__V1__LifecycleEvent *l = tw_arena_alloc(a, sizeof *l);
+  *l = (Twin__V1__LifecycleEvent)TWIN__V1__LIFECYCLE_EVENT__INIT;
+  strs_t parts = {0};
+  size_t n_attrs = 0;
+  Twin__V1__LifecycleEvent__AttributesEntry *attrs[TW_DECODE_MAX_REPEATED];
+  uint32_t seen = 0, f, wt;
+  while (r.p < r.end) {
+    rd_t s;
+    uint64_t v;
+    if (!rd_tag(&r, &f, &wt)) return false;
+    if (f > 11) return false;
+    if (f != 7 && f != 9) SEEN(f);
+    if (f == 1) {
+      if (wt != WT_VARINT || !rd_varint(&r, &v)) return false;
+      l->kind = (Twin__V1__LifecycleKind)(int32_t)(uint32_t)v;
+    } else if (f == 6) {
+      if (wt != WT_I64 || !rd_double(&r, &l->odometer_km)) return false;
+      l->_odometer_km_case = TWIN__V1__LIFECYCLE_EVENT___ODOMETER_KM_ODOMETER_KM;
+    } else {
+      if (wt != WT_LEN || !rd_len(&r, &s)) return false;
+      switch (f) {
+      case 2: l->site = str(a, &s); break;
+      case 3: l->actor = str(a, &s); break;
+      case 4: l->detail = str(a, &s); break;
+      case 5: l->work_order = str(a, &s); break;
+      case 7:
+        if (!strs_add(&parts, &s)) return false;
+        break;
+      case 8: l->recall_id = str(a, &s); break;
+      case 9:
+        if (n_attrs == TW_DECODE_MAX_REPEATED || !attributes_entry(a, s, &attrs[n_attrs++])) return false;
+        break;
+      case 10: l->owner_id = str(a, &s); break;
+      case 11: l->model = str(a, &s); break;
+      default: return false;
+      }
+    }
+  }
+  l->n_parts_replaced = parts.n;
+  l->parts_replaced = strs_copy(a, &parts);
+  if ((l->n_attributes = n_attrs)) {
+    l->attributes = tw_arena_alloc(a, n_attrs * sizeof *l->attributes);
+    memcpy(l->attributes, attrs, n_attrs * sizeof *l->attributes);
+  }
+  *out = l;
+  return true;
+}
+
+bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twin__V1__Envelope **out) {
+  Twin__V1__Envelope *e = tw_arena_alloc(a, sizeof *e);
+  *e = (Twin__V1__Envelope)TWIN__V1__ENVELOPE__INIT;
+  rd_t r = {data, data + len};
+  uint32_t seen = 0, f, wt;
+  while (r.p < r.end) {
+    rd_t s;
+    uint64_t v;
+    if (!rd_tag(&r, &f, &wt)) return false;
+    switch (f) {
+    case 1:
+    case 2:
+      SEEN(f);
+      if (wt != WT_LEN || !rd_len(&r, &s)) return false;
+      *(f == 1 ? &e->product_id : &e->source) = str(a, &s);
+      break;
+    case 3:
+    case 4:
+      SEEN(f);
+      if (wt != WT_VARINT || !rd_varint(&r, &v)) return false;
+      if (f == 3)
+        e->seq = v;
+      else
+        e->event_time_ms = (int64_t)v;
+      break;
+    case 10:
+    case 11:
+      if (seen & (3u << 10)) return false; /* one payload, once */
+      seen |= 1u << f;
+      if (wt != WT_LEN || !rd_len(&r, &s)) return false;
+      if (f == 10 ? !telemetry(a, s, &e->telemetry) : !lifecycle(a, s, &e->lifecycle)) return false;
+      e->payload_case = (Twin__V1__Envelope__PayloadCase)f;
+      break;
+    default: return false;
+    }
+  }
+  *out = e;
+  return true;
+}
+
+Twin__V1__Envelope *tw_envelope_decode(tw_arena_t *a, const uint8_t *data, size_t len) {
+  Twin__V1__Envelope *e;
+  if (tw_envelope_decode_fast(a, data, len, &e)) return e;
+  return twin__v1__envelope__unpack(&a->pb, len, data);
+}
