@@ -160,9 +160,9 @@ if ! skip core; then
   if command -v valgrind >/dev/null; then
     SMALL=$CACHE/core-$SEED-10000-200000.rec
     record "$SMALL" 10000 200000
-    ir=$(valgrind --tool=callgrind --callgrind-out-file="$LOGS/callgrind.out" --toggle-collect=run_pass \
+    ir=$(valgrind --tool=callgrind --callgrind-out-file="$LOGS/callgrind.out" --toggle-collect=apply_all \
       "$BIN/twin-bench-reducer" --record "$SMALL" --reps 1 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
-    row "| reducer core, instructions (callgrind) | $((ir / 400000)) instructions/event | \`valgrind --tool=callgrind --toggle-collect=run_pass build-bench/bin/twin-bench-reducer --record <200k events> --reps 1\` (warm-up + 1 pass) |"
+    row "| reducer core, instructions (callgrind) | $((ir / 400000)) instructions/event | \`valgrind --tool=callgrind --toggle-collect=apply_all build-bench/bin/twin-bench-reducer --record <200k events> --reps 1\` (warm-up + 1 pass) |"
   fi
 fi
 

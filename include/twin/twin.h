@@ -95,6 +95,8 @@ typedef struct {
   char *k, *v;
 } tw_kv_t;
 
+/* A timeline entry. Its strings and arrays live in one allocation, mem,
+ * made by tw_entry_own(): one malloc and one free per entry. */
 typedef struct {
   int kind; /* Twin__V1__LifecycleKind */
   int64_t event_time_ms;
@@ -103,12 +105,13 @@ typedef struct {
   char *site, *actor, *detail, *work_order, *recall_id, *owner_id, *model;
   bool has_odometer;
   double odometer_km;
-  char **parts; /* owned */
+  char **parts;
   uint32_t n_parts;
-  tw_kv_t *attrs; /* owned, sorted by key */
+  tw_kv_t *attrs; /* sorted by key */
   uint32_t n_attrs;
   bool rejected;
-  char *reason; /* owned; NULL when applied */
+  char *reason; /* NULL when applied */
+  void *mem;    /* owned: everything above points into it */
 } tw_entry_t;
 
 typedef struct {

@@ -84,23 +84,38 @@ tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window) {
   return t;
 }
 
-static void entry_cleanup(tw_entry_t *e) {
-  free(e->source);
-  free(e->site);
-  free(e->actor);
-  free(e->detail);
-  free(e->work_order);
-  free(e->recall_id);
-  free(e->owner_id);
-  free(e->model);
-  for (uint32_t i = 0; i < e->n_parts; i++) free(e->parts[i]);
-  free(e->parts);
+static void entry_cleanup(tw_entry_t *e) { free(e->mem); }
+
+static size_t opt_len(const char *s) { return s ? strlen(s) + 1 : 0; }
+
+static char *copy_to(char **p, const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  char *r = memcpy(*p, s, n);
+  *p += n;
+  return r;
+}
+
+void tw_entry_own(tw_entry_t *e) {
+  char **strs[] = {&e->source,    &e->site,     &e->actor, &e->detail, &e->work_order,
+                   &e->recall_id, &e->owner_id, &e->model, &e->reason};
+  size_t size = e->n_parts * sizeof *e->parts + e->n_attrs * sizeof *e->attrs;
+  for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) size += opt_len(*strs[i]);
+  for (uint32_t i = 0; i < e->n_parts; i++) size += opt_len(e->parts[i]);
+  for (uint32_t i = 0; i < e->n_attrs; i++) size += opt_len(e->attrs[i].k) + opt_len(e->attrs[i].v);
+  char *mem = tw_xmalloc(size ? size : 1);
+  char **parts = (char **)mem; /* pointer arrays first: aligned */
+  tw_kv_t *attrs = (tw_kv_t *)(parts + e->n_parts);
+  char *p = (char *)(attrs + e->n_attrs);
+  for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) *strs[i] = copy_to(&p, *strs[i]);
+  for (uint32_t i = 0; i < e->n_parts; i++) parts[i] = copy_to(&p, e->parts[i]);
   for (uint32_t i = 0; i < e->n_attrs; i++) {
-    free(e->attrs[i].k);
-    free(e->attrs[i].v);
+    attrs[i].k = copy_to(&p, e->attrs[i].k);
+    attrs[i].v = copy_to(&p, e->attrs[i].v);
   }
-  free(e->attrs);
-  free(e->reason);
+  e->parts = e->n_parts ? parts : NULL;
+  e->attrs = e->n_attrs ? attrs : NULL;
+  e->mem = mem;
 }
 
 void tw_twin_destroy(tw_twin_t *t) {
@@ -429,48 +444,47 @@ tw_entry_t *tw_twin_timeline_add(tw_twin_t *t) {
   return e;
 }
 
+static char *nonempty(const char *s) { return s && *s ? (char *)s : NULL; }
+
 static void timeline_push(tw_twin_t *t, const Twin__V1__Envelope *env, const char *reason) {
   const Twin__V1__LifecycleEvent *lc = env->lifecycle;
   tw_entry_t *e = tw_twin_timeline_add(t);
+  /* Borrowed from the message, then copied into the entry's one block. */
   e->kind = (int)lc->kind;
   e->event_time_ms = env->event_time_ms;
-  e->source = tw_xstrdup(env->source);
+  e->source = env->source;
   e->seq = env->seq;
-  e->site = tw_xstrdup_nonempty(lc->site);
-  e->actor = tw_xstrdup_nonempty(lc->actor);
-  e->detail = tw_xstrdup_nonempty(lc->detail);
-  e->work_order = tw_xstrdup_nonempty(lc->work_order);
-  e->recall_id = tw_xstrdup_nonempty(lc->recall_id);
-  e->owner_id = tw_xstrdup_nonempty(lc->owner_id);
-  e->model = tw_xstrdup_nonempty(lc->model);
+  e->site = nonempty(lc->site);
+  e->actor = nonempty(lc->actor);
+  e->detail = nonempty(lc->detail);
+  e->work_order = nonempty(lc->work_order);
+  e->recall_id = nonempty(lc->recall_id);
+  e->owner_id = nonempty(lc->owner_id);
+  e->model = nonempty(lc->model);
   e->has_odometer = lc->_odometer_km_case != 0;
   e->odometer_km = e->has_odometer ? lc->odometer_km : 0;
-  if (lc->n_parts_replaced) {
-    e->parts = tw_xmalloc(lc->n_parts_replaced * sizeof *e->parts);
-    for (size_t i = 0; i < lc->n_parts_replaced; i++) e->parts[i] = tw_xstrdup(lc->parts_replaced[i]);
-    e->n_parts = (uint32_t)lc->n_parts_replaced;
-  }
-  if (lc->n_attributes) {
-    e->attrs = tw_xmalloc(lc->n_attributes * sizeof *e->attrs);
-    for (size_t i = 0; i < lc->n_attributes; i++) {
-      /* Keep attributes sorted by key so the document does not depend on the
-       * producer's map order; a repeated key keeps its last value. */
-      const char *k = lc->attributes[i]->key, *v = lc->attributes[i]->value;
-      uint32_t j = 0;
-      while (j < e->n_attrs && strcmp(e->attrs[j].k, k) < 0) j++;
-      if (j < e->n_attrs && strcmp(e->attrs[j].k, k) == 0) {
-        free(e->attrs[j].v);
-        e->attrs[j].v = tw_xstrdup(v);
-        continue;
-      }
-      memmove(&e->attrs[j + 1], &e->attrs[j], (e->n_attrs - j) * sizeof *e->attrs);
-      e->attrs[j].k = tw_xstrdup(k);
-      e->attrs[j].v = tw_xstrdup(v);
-      e->n_attrs++;
+  e->parts = lc->parts_replaced;
+  e->n_parts = (uint32_t)lc->n_parts_replaced;
+  tw_kv_t few[16], *kv = lc->n_attributes <= 16 ? few : tw_xmalloc(lc->n_attributes * sizeof *kv);
+  e->attrs = kv;
+  for (size_t i = 0; i < lc->n_attributes; i++) {
+    /* Keep attributes sorted by key so the document does not depend on the
+     * producer's map order; a repeated key keeps its last value. */
+    char *k = lc->attributes[i]->key, *v = lc->attributes[i]->value;
+    uint32_t j = 0;
+    while (j < e->n_attrs && strcmp(kv[j].k, k) < 0) j++;
+    if (j < e->n_attrs && strcmp(kv[j].k, k) == 0) {
+      kv[j].v = v;
+      continue;
     }
+    memmove(&kv[j + 1], &kv[j], (e->n_attrs - j) * sizeof *kv);
+    kv[j] = (tw_kv_t){k, v};
+    e->n_attrs++;
   }
   e->rejected = reason != NULL;
-  e->reason = reason ? tw_xstrdup(reason) : NULL;
+  e->reason = (char *)reason;
+  tw_entry_own(e);
+  if (kv != few) free(kv);
 }
 
 static int open_recall_index(const tw_twin_t *t, const char *id) {

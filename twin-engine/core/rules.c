@@ -367,15 +367,30 @@ static node_t *parse_expr(const char *rule, const char *what, const char *s, cha
 
 /* ---- Rules ----------------------------------------------------------------- */
 
+/* A message template, compiled: literal text and placeholders in order. */
+typedef struct {
+  int ph;       /* PH_* */
+  char *text;   /* PH_TEXT: the literal; PH_SIGNAL: the signal's name */
+  int sig;      /* PH_SIGNAL */
+  char *metric; /* PH_SIGNAL on metrics.X */
+} tpl_part_t;
+
+typedef struct {
+  tpl_part_t *v;
+  size_t n;
+} tpl_t;
+
 struct rule {
   char *id;
   int severity;
   node_t *cond, *clear;
   node_t **leaves; /* the condition's comparisons, by leaf index */
   int n_leaves;
-  char *message, *clear_message;
+  tpl_t message, clear_message;
   double limit; /* brake_pad_mm.days_to_limit */
 };
+
+static void tpl_free(tpl_t *t);
 
 struct tw_rules {
   rule_t *v;
@@ -492,8 +507,8 @@ static void rule_cleanup(rule_t *r) {
   node_free(r->cond);
   node_free(r->clear);
   free(r->leaves);
-  free(r->message);
-  free(r->clear_message);
+  tpl_free(&r->message);
+  tpl_free(&r->clear_message);
 }
 
 /* ---- Built-in rules -------------------------------------------------------- */
@@ -595,83 +610,128 @@ static void join(char *buf, size_t cap, char *const *v, uint32_t n, const char *
   if (n == 0) snprintf(buf, cap, "%s", none);
 }
 
-/* Expands one {placeholder}; false when the name is unknown. ctx NULL:
- * only check the name. */
-static bool placeholder(const msg_ctx_t *c, const char *name, char *out, size_t cap) {
-  static const char *const fixed[] = {"value",        "threshold", "unit",   "rule",
-                                      "product_id",   "signal",    "limit",  "predicted_date",
-                                      "predicted_km", "dtc_codes", "recalls"};
-  int sig;
-  char *metric = NULL;
-  bool is_signal = signal_parse(name, &sig, &metric);
-  bool known = is_signal;
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0] && !known; i++) known = strcmp(name, fixed[i]) == 0;
-  if (!known || !c) {
-    free(metric);
-    return known;
+enum {
+  PH_TEXT,
+  PH_SIGNAL,
+  /* the fixed names, in the order of PH_NAMES */
+  PH_VALUE,
+  PH_THRESHOLD,
+  PH_UNIT,
+  PH_RULE,
+  PH_PRODUCT_ID,
+  PH_SIGNAL_NAME,
+  PH_LIMIT,
+  PH_PREDICTED_DATE,
+  PH_PREDICTED_KM,
+  PH_DTC_CODES,
+  PH_RECALLS,
+};
+static const char *const PH_NAMES[] = {"value",        "threshold", "unit",   "rule",
+                                       "product_id",   "signal",    "limit",  "predicted_date",
+                                       "predicted_km", "dtc_codes", "recalls"};
+
+static void tpl_free(tpl_t *t) {
+  for (size_t i = 0; i < t->n; i++) {
+    free(t->v[i].text);
+    free(t->v[i].metric);
   }
+  free(t->v);
+  *t = (tpl_t){0};
+}
+
+static void tpl_add(tpl_t *t, tpl_part_t part) {
+  t->v = tw_xrealloc(t->v, (t->n + 1) * sizeof *t->v);
+  t->v[t->n++] = part;
+}
+
+/* Compiles a message template once, at start-up: placeholder names are
+ * resolved here, so raising an alert only formats values. */
+static bool tpl_compile(const char *src, tpl_t *t, char *err, size_t err_cap) {
+  *t = (tpl_t){0};
+  for (const char *p = src; *p;) {
+    if (*p != '{') {
+      size_t n = strcspn(p, "{");
+      tpl_add(t, (tpl_part_t){.ph = PH_TEXT, .text = tw_xstrndup(p, n)});
+      p += n;
+      continue;
+    }
+    const char *close = strchr(p, '}');
+    if (!close || close - p - 1 >= 96) {
+      tpl_free(t);
+      return tw_fail(err, err_cap, "message: '{' without a closing '}'");
+    }
+    char *name = tw_xstrndup(p + 1, (size_t)(close - p - 1));
+    tpl_part_t part = {.ph = -1};
+    if (signal_parse(name, &part.sig, &part.metric)) {
+      part.ph = PH_SIGNAL;
+      part.text = name;
+    } else {
+      for (size_t i = 0; i < sizeof PH_NAMES / sizeof PH_NAMES[0]; i++)
+        if (strcmp(name, PH_NAMES[i]) == 0) part.ph = PH_VALUE + (int)i;
+      if (part.ph < 0) {
+        tw_fail(err, err_cap,
+                "message: unknown placeholder {%s} (allowed: {value} {threshold} {unit} {signal} {rule} "
+                "{product_id} {limit} {predicted_date} {predicted_km} {dtc_codes} {recalls} and any "
+                "signal name)",
+                name);
+        free(name);
+        tpl_free(t);
+        return false;
+      }
+      free(name);
+    }
+    tpl_add(t, part);
+    p = close + 1;
+  }
+  return true;
+}
+
+/* Expands one placeholder into out. */
+static void placeholder(const msg_ctx_t *c, const tpl_part_t *part, char *out, size_t cap) {
   double v;
-  if (is_signal) {
-    if (signal_value(c->r, sig, metric, c->t, &v))
+  switch (part->ph) {
+  case PH_SIGNAL:
+    if (signal_value(c->r, part->sig, part->metric, c->t, &v))
       fmt_num(v, out, cap);
     else
       snprintf(out, cap, "?");
-  } else if (strcmp(name, "value") == 0) {
-    fmt_num(c->value, out, cap);
-  } else if (strcmp(name, "threshold") == 0) {
-    fmt_num(c->threshold, out, cap);
-  } else if (strcmp(name, "unit") == 0) {
-    snprintf(out, cap, "%s", c->unit);
-  } else if (strcmp(name, "signal") == 0) {
-    snprintf(out, cap, "%s", c->signal ? c->signal : "?");
-  } else if (strcmp(name, "rule") == 0) {
-    snprintf(out, cap, "%s", c->r->id);
-  } else if (strcmp(name, "product_id") == 0) {
-    snprintf(out, cap, "%s", c->t->product_id);
-  } else if (strcmp(name, "limit") == 0) {
-    fmt_num(c->r->limit, out, cap);
-  } else if (strcmp(name, "predicted_date") == 0) {
+    break;
+  case PH_VALUE: fmt_num(c->value, out, cap); break;
+  case PH_THRESHOLD: fmt_num(c->threshold, out, cap); break;
+  case PH_UNIT: snprintf(out, cap, "%s", c->unit); break;
+  case PH_SIGNAL_NAME: snprintf(out, cap, "%s", c->signal ? c->signal : "?"); break;
+  case PH_RULE: snprintf(out, cap, "%s", c->r->id); break;
+  case PH_PRODUCT_ID: snprintf(out, cap, "%s", c->t->product_id); break;
+  case PH_LIMIT: fmt_num(c->r->limit, out, cap); break;
+  case PH_PREDICTED_DATE:
     if (c->has_pred)
       fmt_date(c->pred_ms, out, cap);
     else
       snprintf(out, cap, "?");
-  } else if (strcmp(name, "predicted_km") == 0) {
-    fmt_num(c->has_pred ? round(c->pred_km) : NAN, out, cap);
-  } else if (strcmp(name, "dtc_codes") == 0) {
-    join(out, cap, c->t->dtc_codes.s, c->t->dtc_codes.n, "none");
-  } else {
-    join(out, cap, c->t->open_recalls, c->t->n_open_recalls, "none");
+    break;
+  case PH_PREDICTED_KM: fmt_num(c->has_pred ? round(c->pred_km) : NAN, out, cap); break;
+  case PH_DTC_CODES: join(out, cap, c->t->dtc_codes.s, c->t->dtc_codes.n, "none"); break;
+  default: join(out, cap, c->t->open_recalls, c->t->n_open_recalls, "none"); break;
   }
-  free(metric);
-  return true;
 }
 
-/* Renders tpl into out; with c NULL only checks it (err gets the problem). */
-static bool render(const msg_ctx_t *c, const char *tpl, char *out, size_t cap, char *err, size_t err_cap) {
+/* Renders a compiled template into out (truncated to cap). */
+static void render(const msg_ctx_t *c, const tpl_t *tpl, char *out, size_t cap) {
   size_t o = 0;
-  out[0] = '\0';
-  for (const char *p = tpl; *p;) {
-    if (*p != '{') {
-      if (o + 1 < cap) out[o++] = *p;
-      p++;
-      continue;
+  for (size_t i = 0; i < tpl->n; i++) {
+    const tpl_part_t *part = &tpl->v[i];
+    char val[512];
+    const char *v = part->text;
+    if (part->ph != PH_TEXT) {
+      placeholder(c, part, val, sizeof val);
+      v = val;
     }
-    const char *close = strchr(p, '}');
-    char name[96], val[512];
-    if (!close || (size_t)(close - p - 1) >= sizeof name)
-      return tw_fail(err, err_cap, "message: '{' without a closing '}'");
-    snprintf(name, sizeof name, "%.*s", (int)(close - p - 1), p + 1);
-    if (!placeholder(c, name, val, sizeof val))
-      return tw_fail(err, err_cap,
-                     "message: unknown placeholder {%s} (allowed: {value} {threshold} {unit} {signal} {rule} "
-                     "{product_id} {limit} {predicted_date} {predicted_km} {dtc_codes} {recalls} and any "
-                     "signal name)",
-                     name);
-    for (const char *v = val; *v && o + 1 < cap; v++) out[o++] = *v;
-    p = close + 1;
+    size_t n = strlen(v);
+    if (n > cap - 1 - o) n = cap - 1 - o;
+    memcpy(out + o, v, n);
+    o += n;
   }
-  out[o < cap ? o : cap - 1] = '\0';
-  return true;
+  out[o] = '\0';
 }
 
 /* ---- Compiling ------------------------------------------------------------- */
@@ -745,19 +805,11 @@ static bool rule_compile(const tw_rule_spec_t *sp, rule_t *r, char *err, size_t 
       goto fail;
     }
   }
-  if (sp->message) {
-    r->message = tw_xstrdup(sp->message);
-  } else {
-    r->message = tw_xstrdup("{rule}: {signal} is {value} {unit} (threshold {threshold} {unit})");
-  }
-  if (sp->clear_message) {
-    r->clear_message = tw_xstrdup(sp->clear_message);
-  } else {
-    r->clear_message = tw_xstrdup("Cleared: {signal} is now {value} {unit}");
-  }
-  char out[MSG_MAX];
-  if (!render(NULL, r->message, out, sizeof out, sub, sizeof sub) ||
-      !render(NULL, r->clear_message, out, sizeof out, sub, sizeof sub)) {
+  const char *msg =
+      sp->message ? sp->message : "{rule}: {signal} is {value} {unit} (threshold {threshold} {unit})";
+  const char *clear_msg = sp->clear_message ? sp->clear_message : "Cleared: {signal} is now {value} {unit}";
+  if (!tpl_compile(msg, &r->message, sub, sizeof sub) ||
+      !tpl_compile(clear_msg, &r->clear_message, sub, sizeof sub)) {
     tw_fail(err, cap, "%s: rule %s: %s", where, sp->id, sub);
     goto fail;
   }
@@ -951,7 +1003,7 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
     int pos = alert_find(t, r->id, &active);
     int hit;
     msg_ctx_t c = {.r = r, .t = t};
-    char msg[MSG_MAX], scratch[128];
+    char msg[MSG_MAX];
     Twin__V1__MaintenanceAlert al = TWIN__V1__MAINTENANCE_ALERT__INIT;
     al.product_id = t->product_id;
     al.rule_id = r->id;
@@ -962,7 +1014,7 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
       if (!eval(r, r->cond, t, &hit)) continue;
       if (hit < 0) hit = first_defined_leaf(r, t);
       leaf_report(r, hit, t, &c);
-      render(&c, r->message, msg, sizeof msg, scratch, sizeof scratch);
+      render(&c, &r->message, msg, sizeof msg);
       /* product:rule:cycle - the same id whichever event raises the n-th
        * cycle, so a replay after a crash repeats ids instead of minting new
        * ones. */
@@ -1016,7 +1068,7 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
       continue;
     }
     if (!isfinite(c.value)) c.value = a->value;
-    render(&c, r->clear_message, msg, sizeof msg, scratch, sizeof scratch);
+    render(&c, &r->clear_message, msg, sizeof msg);
     al.alert_id = a->alert_id;
     al.state = TWIN__V1__ALERT_STATE__CLEARED;
     al.message = msg;

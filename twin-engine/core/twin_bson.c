@@ -459,60 +459,83 @@ static void read_telemetry(tw_twin_t *t, const bson_iter_t *tel) {
   }
 }
 
+/* A string inside the document (borrowed), or NULL. */
+static const char *it_cstr(const bson_iter_t *it) {
+  return BSON_ITER_HOLDS_UTF8(it) ? bson_iter_utf8(it, NULL) : NULL;
+}
+
+/* The strings of an array, borrowed from the document; *n of them. */
+static char **borrow_strings(const bson_iter_t *arr, uint32_t *n) {
+  bson_iter_t in;
+  char **v = NULL;
+  *n = 0;
+  if (!BSON_ITER_HOLDS_ARRAY(arr) || !bson_iter_recurse(arr, &in)) return NULL;
+  while (bson_iter_next(&in)) {
+    const char *s = it_cstr(&in);
+    if (!s) continue;
+    v = tw_xrealloc(v, (*n + 1) * sizeof *v);
+    v[(*n)++] = (char *)s;
+  }
+  return v;
+}
+
 static void read_entry(tw_twin_t *t, const bson_iter_t *it) {
   bson_iter_t in;
   if (!bson_iter_recurse(it, &in)) return;
   tw_entry_t *e = tw_twin_timeline_add(t);
+  /* Strings are borrowed from the document until tw_entry_own() copies them. */
+  char **parts = NULL;
+  tw_kv_t *attrs = NULL;
   while (bson_iter_next(&in)) {
-    const char *k = bson_iter_key(&in);
+    const char *k = bson_iter_key(&in), *s = it_cstr(&in);
     if (strcmp(k, "kind") == 0) {
-      char *s = it_str(&in);
       for (int i = 1; s && tw_lifecycle_kind_name(i); i++)
         if (strcmp(s, tw_lifecycle_kind_name(i)) == 0) e->kind = i;
-      free(s);
     } else if (strcmp(k, "event_time_ms") == 0)
       e->event_time_ms = it_i64(&in);
     else if (strcmp(k, "source") == 0)
-      e->source = it_str(&in);
+      e->source = (char *)s;
     else if (strcmp(k, "seq") == 0)
       e->seq = (uint64_t)it_i64(&in);
-    else if (strcmp(k, "status") == 0) {
-      char *s = it_str(&in);
+    else if (strcmp(k, "status") == 0)
       e->rejected = s && strcmp(s, "rejected") == 0;
-      free(s);
-    } else if (strcmp(k, "reason") == 0)
-      e->reason = it_str(&in);
+    else if (strcmp(k, "reason") == 0)
+      e->reason = (char *)s;
     else if (strcmp(k, "site") == 0)
-      e->site = it_str(&in);
+      e->site = (char *)s;
     else if (strcmp(k, "actor") == 0)
-      e->actor = it_str(&in);
+      e->actor = (char *)s;
     else if (strcmp(k, "detail") == 0)
-      e->detail = it_str(&in);
+      e->detail = (char *)s;
     else if (strcmp(k, "work_order") == 0)
-      e->work_order = it_str(&in);
+      e->work_order = (char *)s;
     else if (strcmp(k, "odometer_km") == 0) {
       e->has_odometer = true;
       e->odometer_km = it_dbl(&in);
-    } else if (strcmp(k, "parts_replaced") == 0)
-      e->parts = read_strings(&in, &e->n_parts);
-    else if (strcmp(k, "recall_id") == 0)
-      e->recall_id = it_str(&in);
+    } else if (strcmp(k, "parts_replaced") == 0) {
+      free(parts);
+      e->parts = parts = borrow_strings(&in, &e->n_parts);
+    } else if (strcmp(k, "recall_id") == 0)
+      e->recall_id = (char *)s;
     else if (strcmp(k, "owner_id") == 0)
-      e->owner_id = it_str(&in);
+      e->owner_id = (char *)s;
     else if (strcmp(k, "model") == 0)
-      e->model = it_str(&in);
+      e->model = (char *)s;
     else if (strcmp(k, "attributes") == 0) {
       bson_iter_t a;
       if (!bson_iter_recurse(&in, &a)) continue;
       while (bson_iter_next(&a)) {
-        e->attrs = tw_xrealloc(e->attrs, (e->n_attrs + 1) * sizeof *e->attrs);
-        e->attrs[e->n_attrs].k = tw_xstrdup(bson_iter_key(&a));
-        char *v = it_str(&a);
-        e->attrs[e->n_attrs++].v = v ? v : tw_xstrdup("");
+        const char *v = it_cstr(&a);
+        attrs = tw_xrealloc(attrs, (e->n_attrs + 1) * sizeof *attrs);
+        attrs[e->n_attrs++] = (tw_kv_t){(char *)bson_iter_key(&a), (char *)(v ? v : "")};
       }
+      e->attrs = attrs;
     }
   }
-  if (!e->source) e->source = tw_xstrdup("");
+  if (!e->source) e->source = "";
+  tw_entry_own(e);
+  free(parts);
+  free(attrs);
 }
 
 static void read_source(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {

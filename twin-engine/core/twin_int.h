@@ -8,5 +8,8 @@
 tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window);
 tw_metric_t *tw_twin_metric(tw_twin_t *t, const char *name);
 tw_entry_t *tw_twin_timeline_add(tw_twin_t *t);
+/* Copies every string and array e points to (borrowed, e.g. from a decoded
+ * message or a BSON document) into one new allocation that e then owns. */
+void tw_entry_own(tw_entry_t *e);
 
 #endif
