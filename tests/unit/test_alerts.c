@@ -19,6 +19,8 @@
 
 #include <cmocka.h>
 
+#include "util.h"
+
 #include "fixture.h"
 #include "twin/config.h"
 #include "twin/rules.h"
@@ -367,6 +369,48 @@ static int fx_teardown(void **state) {
 
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* Alert messages format numbers by hand on the fast path: the result must be
+ * exactly printf's %.0f / %.2f with trailing zeros cut, for every value. */
+static void ref_num(double v, char *buf, size_t cap) {
+  if (!isfinite(v)) {
+    snprintf(buf, cap, "?");
+    return;
+  }
+  snprintf(buf, cap, fabs(v - nearbyint(v)) < 1e-9 && fabs(v) < 1e15 ? "%.0f" : "%.2f", v);
+  char *dot = strchr(buf, '.');
+  if (!dot) return;
+  char *e = buf + strlen(buf) - 1;
+  while (e > dot && *e == '0') *e-- = '\0';
+  if (e == dot) *e = '\0';
+}
+
+static void test_fmt_num(void **state) {
+  (void)state;
+  static const double fixed[] = {0,     -0.0,      0.005, 0.015, 0.125,    1.005,  -1.005,
+                                 2.675, 1e9 + 0.5, 1e15,  1e300, -1e-9,    0.0049, 99.995,
+                                 12.34, -7.1,      3.0,   NAN,   INFINITY, -2.5e-3};
+  char a[64], b[64];
+  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+    tw_fmt_num(fixed[i], a, sizeof a);
+    ref_num(fixed[i], b, sizeof b);
+    assert_string_equal(a, b);
+  }
+  uint64_t x = 88172645463325252ULL;
+  for (int i = 0; i < 2000000; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    double v;
+    switch (i % 4) {
+    case 0: v = (double)(int64_t)(x % 2000000001ULL - 1000000000) / 1000.0; break; /* 3 decimals */
+    case 1: v = (double)(int64_t)(x % 200001ULL - 100000) / 200.0; break;          /* exact halves of cents */
+    case 2: v = ((double)(x >> 11) / 9007199254740992.0 - 0.5) * 2e6; break;
+    default: memcpy(&v, &x, sizeof v); break; /* any bits */
+    }
+    tw_fmt_num(v, a, sizeof a);
+    ref_num(v, b, sizeof b);
+    if (strcmp(a, b) != 0) fail_msg("%.17g: got %s, printf gives %s", v, a, b);
+  }
+}
+
 int main(void) {
   const char *src = getenv("TWIN_SOURCE_DIR");
   char dir[1200];
@@ -400,6 +444,7 @@ int main(void) {
   }
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_predictive_accuracy);
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_rule_config);
+  tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_fmt_num);
   int rc = _cmocka_run_group_tests("alerts", tests, nt, NULL, NULL);
   for (size_t i = 0; i < nn; i++) free(names[i]);
   return rc;

@@ -154,7 +154,8 @@ static bool attributes_entry(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent__At
 static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
   Twin__V1__Telemetry *t = tw_arena_alloc(a, sizeof *t);
   *t = (Twin__V1__Telemetry)TWIN__V1__TELEMETRY__INIT;
-  strs_t dtc = {0};
+  strs_t dtc;
+  dtc.n = 0;
   size_t n_metrics = 0;
   Twin__V1__Telemetry__MetricsEntry *metrics[TW_DECODE_MAX_REPEATED];
   uint32_t seen = 0, f, wt;
@@ -219,7 +220,8 @@ static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
 static bool lifecycle(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent **out) {
   Twin__V1__LifecycleEvent *l = tw_arena_alloc(a, sizeof *l);
   *l = (Twin__V1__LifecycleEvent)TWIN__V1__LIFECYCLE_EVENT__INIT;
-  strs_t parts = {0};
+  strs_t parts;
+  parts.n = 0;
   size_t n_attrs = 0;
   Twin__V1__LifecycleEvent__AttributesEntry *attrs[TW_DECODE_MAX_REPEATED];
   uint32_t seen = 0, f, wt;

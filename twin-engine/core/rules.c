@@ -567,24 +567,6 @@ size_t tw_rules_default_specs(const tw_rule_spec_t **out) {
 
 /* ---- Messages -------------------------------------------------------------- */
 
-/* Numbers for people: integers without decimals, others with two at most. */
-static void fmt_num(double v, char *buf, size_t cap) {
-  if (!isfinite(v)) {
-    snprintf(buf, cap, "?");
-    return;
-  }
-  if (fabs(v - nearbyint(v)) < 1e-9 && fabs(v) < 1e15) {
-    snprintf(buf, cap, "%.0f", v);
-    return;
-  }
-  snprintf(buf, cap, "%.2f", v);
-  char *dot = strchr(buf, '.');
-  if (!dot) return;
-  char *e = buf + strlen(buf) - 1;
-  while (e > dot && *e == '0') *e-- = '\0';
-  if (e == dot) *e = '\0';
-}
-
 static void fmt_date(int64_t ms, char *buf, size_t cap) {
   time_t s = (time_t)(ms / 1000);
   struct tm tm;
@@ -692,24 +674,24 @@ static void placeholder(const msg_ctx_t *c, const tpl_part_t *part, char *out, s
   switch (part->ph) {
   case PH_SIGNAL:
     if (signal_value(c->r, part->sig, part->metric, c->t, &v))
-      fmt_num(v, out, cap);
+      tw_fmt_num(v, out, cap);
     else
       snprintf(out, cap, "?");
     break;
-  case PH_VALUE: fmt_num(c->value, out, cap); break;
-  case PH_THRESHOLD: fmt_num(c->threshold, out, cap); break;
+  case PH_VALUE: tw_fmt_num(c->value, out, cap); break;
+  case PH_THRESHOLD: tw_fmt_num(c->threshold, out, cap); break;
   case PH_UNIT: snprintf(out, cap, "%s", c->unit); break;
   case PH_SIGNAL_NAME: snprintf(out, cap, "%s", c->signal ? c->signal : "?"); break;
   case PH_RULE: snprintf(out, cap, "%s", c->r->id); break;
   case PH_PRODUCT_ID: snprintf(out, cap, "%s", c->t->product_id); break;
-  case PH_LIMIT: fmt_num(c->r->limit, out, cap); break;
+  case PH_LIMIT: tw_fmt_num(c->r->limit, out, cap); break;
   case PH_PREDICTED_DATE:
     if (c->has_pred)
       fmt_date(c->pred_ms, out, cap);
     else
       snprintf(out, cap, "?");
     break;
-  case PH_PREDICTED_KM: fmt_num(c->has_pred ? round(c->pred_km) : NAN, out, cap); break;
+  case PH_PREDICTED_KM: tw_fmt_num(c->has_pred ? round(c->pred_km) : NAN, out, cap); break;
   case PH_DTC_CODES: join(out, cap, c->t->dtc_codes.s, c->t->dtc_codes.n, "none"); break;
   default: join(out, cap, c->t->open_recalls, c->t->n_open_recalls, "none"); break;
   }

@@ -1,7 +1,9 @@
 /* util.c - see util.h. */
 #include "util.h"
 
+#include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,4 +102,49 @@ bool tw_utf8_valid(const char *str, size_t n) {
     s += len;
   }
   return true;
+}
+
+/* Numbers for people: integers without decimals, others with two at most.
+ * The result is what snprintf's %.0f / %.2f (trailing zeros cut) give; the
+ * common magnitudes are formatted by hand (printf's float path was most of
+ * the cost of raising an alert), and values whose cents are within a hair
+ * of a rounding tie still go through snprintf. */
+void tw_fmt_num(double v, char *buf, size_t cap) {
+  if (!isfinite(v)) {
+    snprintf(buf, cap, "?");
+    return;
+  }
+  double cents = v * 100.0;
+  double frac = fabs(cents - trunc(cents));
+  bool integral = fabs(v - nearbyint(v)) < 1e-9 && fabs(v) < 1e15;
+  if (!integral && fabs(v) < 1e9 && fabs(frac - 0.5) > 1e-3 && cap >= 32) {
+    long long c = llround(cents);
+    char tmp[32];
+    size_t n = 0;
+    unsigned long long a = c < 0 ? (unsigned long long)(-c) : (unsigned long long)c;
+    do {
+      tmp[n++] = (char)('0' + a % 10);
+      a /= 10;
+    } while (a || n < 3); /* at least d.dd */
+    size_t o = 0;
+    if (v < 0) buf[o++] = '-';
+    while (n > 2) buf[o++] = tmp[--n];
+    buf[o++] = '.';
+    buf[o++] = tmp[1];
+    buf[o++] = tmp[0];
+    while (buf[o - 1] == '0') o--; /* 1.50 -> 1.5, 2.00 -> 2 */
+    if (buf[o - 1] == '.') o--;
+    buf[o] = '\0';
+    return;
+  }
+  if (integral) {
+    snprintf(buf, cap, "%.0f", v);
+    return;
+  }
+  snprintf(buf, cap, "%.2f", v);
+  char *dot = strchr(buf, '.');
+  if (!dot) return;
+  char *e = buf + strlen(buf) - 1;
+  while (e > dot && *e == '0') *e-- = '\0';
+  if (e == dot) *e = '\0';
 }

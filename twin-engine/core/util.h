@@ -24,4 +24,9 @@ bool tw_utf8_valid(const char *s, size_t n);
 int64_t tw_now_ms(void);
 int64_t tw_mono_ms(void);
 
+/* v for people: integers without decimals, others with two at most
+ * ("12", "3.5", "0.07", "?" for NaN/inf); exactly snprintf's %.0f or %.2f
+ * with trailing zeros cut. cap >= 32 for the fast path. */
+void tw_fmt_num(double v, char *buf, size_t cap);
+
 #endif
