@@ -8,7 +8,7 @@
 
 struct tw_arena_block {
   tw_arena_block_t *next;
-  size_t size, used;
+  size_t size;
   _Alignas(16) unsigned char data[];
 };
 
@@ -19,6 +19,7 @@ static void pb_free(void *ud, void *p) {
 }
 
 void tw_arena_init(tw_arena_t *a, size_t block_size) {
+  a->cur = a->end = NULL;
   a->head = a->first = NULL;
   a->block_size = block_size ? block_size : 1 << 20;
   a->pb = (ProtobufCAllocator){pb_alloc, pb_free, a};
@@ -28,38 +29,38 @@ static tw_arena_block_t *block_new(size_t size) {
   tw_arena_block_t *b = tw_xmalloc(sizeof *b + size);
   b->next = NULL;
   b->size = size;
-  b->used = 0;
   return b;
 }
 
-void *tw_arena_alloc(tw_arena_t *a, size_t n) {
+static void use(tw_arena_t *a, tw_arena_block_t *b) {
+  a->head = b;
+  a->cur = b->data;
+  a->end = b->data + b->size;
+}
+
+/* n (rounded) does not fit in head: the next kept block if it is big
+ * enough, else a new block after head. */
+void *tw_arena_alloc_slow(tw_arena_t *a, size_t n) {
   n = (n + 15) & ~(size_t)15;
   tw_arena_block_t *b = a->head;
-  while (b && b->used + n > b->size) {
-    /* The next kept block, if it is big enough; else a new one after it. */
-    if (b->next && b->next->size >= n) {
-      b = b->next;
-      b->used = 0;
-      a->head = b;
-      continue;
-    }
-    size_t size = n > a->block_size ? n : a->block_size;
-    tw_arena_block_t *nb = block_new(size);
+  if (!b) {
+    a->first = b = block_new(n > a->block_size ? n : a->block_size);
+  } else if (b->next && b->next->size >= n) {
+    b = b->next;
+  } else {
+    tw_arena_block_t *nb = block_new(n > a->block_size ? n : a->block_size);
     nb->next = b->next;
     b->next = nb;
-    a->head = b = nb;
+    b = nb;
   }
-  if (!b) {
-    b = a->first = a->head = block_new(n > a->block_size ? n : a->block_size);
-  }
-  void *p = b->data + b->used;
-  b->used += n;
+  use(a, b);
+  void *p = a->cur;
+  a->cur += n;
   return p;
 }
 
 void tw_arena_reset(tw_arena_t *a) {
-  a->head = a->first;
-  if (a->first) a->first->used = 0;
+  if (a->first) use(a, a->first);
 }
 
 void tw_arena_cleanup(tw_arena_t *a) {
@@ -68,4 +69,5 @@ void tw_arena_cleanup(tw_arena_t *a) {
     free(b);
   }
   a->head = a->first = NULL;
+  a->cur = a->end = NULL;
 }
