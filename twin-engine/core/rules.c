@@ -976,6 +976,16 @@ tw_outcome_t tw_apply_event(const tw_rules_t *r, tw_twin_t *t, const Twin__V1__E
   return o;
 }
 
+/* The alert message's common fields (built only on a transition). */
+static Twin__V1__MaintenanceAlert alert_msg(const tw_twin_t *t, const rule_t *r, const tw_rule_event_t *ev) {
+  Twin__V1__MaintenanceAlert al = TWIN__V1__MAINTENANCE_ALERT__INIT;
+  al.product_id = t->product_id;
+  al.rule_id = r->id;
+  al.severity = (Twin__V1__Severity)r->severity;
+  al.event_time_ms = ev->event_time_ms;
+  return al;
+}
+
 size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *ev, tw_alert_cb cb,
                      void *ud) {
   size_t transitions = 0;
@@ -986,12 +996,6 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
     int hit;
     msg_ctx_t c = {.r = r, .t = t};
     char msg[MSG_MAX];
-    Twin__V1__MaintenanceAlert al = TWIN__V1__MAINTENANCE_ALERT__INIT;
-    al.product_id = t->product_id;
-    al.rule_id = r->id;
-    al.severity = (Twin__V1__Severity)r->severity;
-    al.event_time_ms = ev->event_time_ms;
-
     if (!active) {
       if (!eval(r, r->cond, t, &hit)) continue;
       if (hit < 0) hit = first_defined_leaf(r, t);
@@ -1017,6 +1021,7 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
                         .threshold = c.threshold,
                         .has_predicted = c.has_pred,
                         .predicted_at_ms = c.has_pred ? c.pred_ms : 0};
+      Twin__V1__MaintenanceAlert al = alert_msg(t, r, ev);
       al.alert_id = a->alert_id;
       al.state = TWIN__V1__ALERT_STATE__RAISED;
       al.message = a->message;
@@ -1051,6 +1056,7 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
     }
     if (!isfinite(c.value)) c.value = a->value;
     render(&c, &r->clear_message, msg, sizeof msg);
+    Twin__V1__MaintenanceAlert al = alert_msg(t, r, ev);
     al.alert_id = a->alert_id;
     al.state = TWIN__V1__ALERT_STATE__CLEARED;
     al.message = msg;
