@@ -40,7 +40,9 @@ typedef struct tw_config {
   char *http_tls_cert, *http_tls_key;
   int64_t http_max_limit;
   int64_t http_threads;
-  tw_rule_spec_t *rules; /* alerts.rules from the YAML file, in file order */
+  int64_t http_rate_limit; /* requests per second per client address; 0: off */
+  int64_t http_rate_burst; /* 0: twice http_rate_limit */
+  tw_rule_spec_t *rules;   /* alerts.rules from the YAML file, in file order */
   size_t n_rules;
   tw_kv_pair_t *kafka; /* passthrough, in the order set; later entries win */
   size_t n_kafka;

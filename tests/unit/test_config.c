@@ -143,12 +143,68 @@ static void test_dump_masks_secrets(void **state) {
   tw_config_cleanup(&c);
 }
 
+/* ${file:PATH} and ${env:NAME}: secrets kept out of the config file and the
+ * command line; errors name the key and the file or variable, never the
+ * secret; a bad value of a secret setting is not echoed either. */
+static void test_secret_references(void **state) {
+  (void)state;
+  tw_config_t c;
+  char err[512];
+  tw_config_init(&c);
+  char *p = strdup(write_tmp("s3cr3t-from-file\n"));
+  char ref[600];
+  snprintf(ref, sizeof ref, "${file:%s}", p);
+  assert_true(tw_config_set(&c, "kafka.sasl.password", ref, "--set", err, sizeof err));
+  assert_string_equal(tw_config_kafka(&c, "sasl.password"), "s3cr3t-from-file");
+  assert_true(tw_config_set(&c, "mongo.uri", "${env:TWIN_TEST_MONGO_SECRET_URI}", "--set", err, sizeof err) ==
+              false);
+  assert_non_null(strstr(err, "mongo.uri"));
+  assert_non_null(strstr(err, "TWIN_TEST_MONGO_SECRET_URI"));
+  setenv("TWIN_TEST_MONGO_SECRET_URI", "mongodb://svc:env-pa55@db:27017/?authSource=admin", 1);
+  assert_true(tw_config_set(&c, "mongo.uri", "${env:TWIN_TEST_MONGO_SECRET_URI}", "--set", err, sizeof err));
+  /* the YAML file can refer too */
+  char yaml[700];
+  snprintf(yaml, sizeof yaml, "http:\n  tokens: \"${file:%s}\"\n", p);
+  char *y = strdup(write_tmp(yaml));
+  assert_true(tw_config_load_yaml(&c, y, err, sizeof err));
+  assert_true(tw_config_validate(&c, err, sizeof err));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  tw_config_dump(&c, f);
+  fclose(f);
+  assert_null(strstr(buf, "s3cr3t-from-file"));
+  assert_null(strstr(buf, "env-pa55"));
+  free(buf);
+  unlink(y);
+  free(y);
+
+  assert_false(
+      tw_config_set(&c, "kafka.sasl.password", "${file:/nonexistent/secret}", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "kafka.sasl.password"));
+  assert_non_null(strstr(err, "/nonexistent/secret"));
+  assert_false(tw_config_set(&c, "mongo.uri", "${file:}", "--set", err, sizeof err));
+  assert_non_null(strstr(err, "names no file"));
+  /* a literal that merely looks similar is kept as it is */
+  assert_true(tw_config_set(&c, "kafka.client.id", "${file:x", "--set", err, sizeof err));
+  assert_string_equal(tw_config_kafka(&c, "client.id"), "${file:x");
+  /* an invalid URI with credentials: the error does not repeat it */
+  assert_true(tw_config_set(&c, "mongo.uri", "mongdb://u:typo-pa55@db", "--set", err, sizeof err));
+  assert_false(tw_config_validate(&c, err, sizeof err));
+  assert_non_null(strstr(err, "mongo.uri"));
+  assert_null(strstr(err, "typo-pa55"));
+  unlink(p);
+  free(p);
+  tw_config_cleanup(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_yaml_env_set_precedence),
       cmocka_unit_test(test_errors_name_key_and_allowed),
       cmocka_unit_test(test_dump_masks_secrets),
+      cmocka_unit_test(test_secret_references),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -72,6 +72,11 @@ static const setting_t SETTINGS[] = {
      "Largest page size GET /v1/twins accepts (limit=)"},
     {"http.threads", T_INT, F(http_threads), "2", 1, 64, NULL,
      "HTTP worker threads (each holds at most one MongoDB connection)"},
+    {"http.rate.limit", T_INT, F(http_rate_limit), "200", 0, 1000000, NULL,
+     "Requests per second each client address may make (429 with Retry-After beyond; /healthz and "
+     "/readyz exempt; 0: no limit)"},
+    {"http.rate.burst", T_INT, F(http_rate_burst), "0", 0, 10000000, NULL,
+     "Requests a client address may make at once before http.rate.limit applies (0: twice the limit)"},
 };
 #define N_SETTINGS (sizeof SETTINGS / sizeof SETTINGS[0])
 
@@ -156,8 +161,81 @@ static bool enum_allows(const char *allowed, const char *v) {
   return false;
 }
 
+/* A value written ${file:PATH} or ${env:NAME} is read from that file (one
+ * trailing newline dropped) or environment variable, so secrets need not sit
+ * in the config file or on a command line. Sets *out (owned) to the value
+ * to use; errors name the key and the file or variable, never the content. */
+#define SECRET_FILE_MAX (64 * 1024)
+static bool resolve_ref(const char *key, const char *value, const char *origin, char **out, char *err,
+                        size_t cap) {
+  size_t n = strlen(value);
+  bool is_file = strncmp(value, "${file:", 7) == 0, is_env = strncmp(value, "${env:", 6) == 0;
+  if ((!is_file && !is_env) || value[n - 1] != '}') {
+    *out = tw_xstrdup(value);
+    return true;
+  }
+  size_t skip = is_file ? 7 : 6;
+  char *name = tw_xstrndup(value + skip, n - skip - 1);
+  if (!*name) {
+    free(name);
+    return tw_fail(err, cap, "%s: %s = '%s' names no %s", origin, key, value, is_file ? "file" : "variable");
+  }
+  if (is_env) {
+    const char *v = getenv(name);
+    if (!v) {
+      tw_fail(err, cap, "%s: %s: environment variable %s (from ${env:%s}) is not set", origin, key, name,
+              name);
+      free(name);
+      return false;
+    }
+    *out = tw_xstrdup(v);
+    free(name);
+    return true;
+  }
+  FILE *f = fopen(name, "rb");
+  if (!f) {
+    tw_fail(err, cap, "%s: %s: cannot read %s (from ${file:...}): %s", origin, key, name, strerror(errno));
+    free(name);
+    return false;
+  }
+  char *buf = tw_xmalloc(SECRET_FILE_MAX + 1);
+  size_t len = fread(buf, 1, SECRET_FILE_MAX + 1, f);
+  bool too_big = len > SECRET_FILE_MAX, bad = ferror(f) != 0;
+  fclose(f);
+  if (too_big || bad || memchr(buf, '\0', len)) {
+    tw_fail(err, cap, "%s: %s: %s (from ${file:...}) %s", origin, key, name,
+            too_big ? "is larger than 64 KiB"
+            : bad   ? "could not be read"
+                    : "contains a NUL byte");
+    free(buf);
+    free(name);
+    return false;
+  }
+  if (len && buf[len - 1] == '\n') len--;
+  if (len && buf[len - 1] == '\r') len--;
+  buf[len] = '\0';
+  free(name);
+  *out = buf;
+  return true;
+}
+
+static bool set_resolved(tw_config_t *c, const char *key, const char *value, const char *origin, char *err,
+                         size_t cap);
+
 bool tw_config_set(tw_config_t *c, const char *key, const char *value, const char *origin, char *err,
                    size_t cap) {
+  char *v;
+  if (!resolve_ref(key, value, origin, &v, err, cap)) return false;
+  bool ok = set_resolved(c, key, v, origin, err, cap);
+  free(v);
+  return ok;
+}
+
+/* What an error message may show of a value: nothing of a secret. */
+static const char *shown(const char *key, const char *value);
+
+static bool set_resolved(tw_config_t *c, const char *key, const char *value, const char *origin, char *err,
+                         size_t cap) {
   if (strncmp(key, "kafka.", 6) == 0) {
     if (!key[6]) return tw_fail(err, cap, "%s: config key 'kafka.' names no librdkafka property", origin);
     kafka_put(c, key + 6, value);
@@ -171,14 +249,14 @@ bool tw_config_set(tw_config_t *c, const char *key, const char *value, const cha
       int64_t x;
       if (!parse_int(value, &x) || x < s->min || x > s->max)
         return tw_fail(err, cap, "%s: %s = '%s' is not allowed: expected an integer from %lld to %lld",
-                       origin, key, value, (long long)s->min, (long long)s->max);
+                       origin, key, shown(key, value), (long long)s->min, (long long)s->max);
       *int_field(c, s) = x;
       return true;
     }
     case T_ENUM:
       if (!enum_allows(s->allowed, value))
-        return tw_fail(err, cap, "%s: %s = '%s' is not allowed: expected one of %s", origin, key, value,
-                       s->allowed);
+        return tw_fail(err, cap, "%s: %s = '%s' is not allowed: expected one of %s", origin, key,
+                       shown(key, value), s->allowed);
       break;
     case T_STR:
       if (!*value) return tw_fail(err, cap, "%s: %s is empty: expected a non-empty string", origin, key);
@@ -260,7 +338,7 @@ bool tw_config_validate(const tw_config_t *c, char *err, size_t cap) {
     return tw_fail(err, cap, "topics.dlq must not be an input topic ('%s')", c->topic_dlq);
   if (strncmp(c->mongo_uri, "mongodb://", 10) != 0 && strncmp(c->mongo_uri, "mongodb+srv://", 14) != 0)
     return tw_fail(err, cap, "mongo.uri = '%s' is not allowed: expected mongodb://... or mongodb+srv://...",
-                   c->mongo_uri);
+                   shown("mongo.uri", c->mongo_uri));
   const char *strategy = tw_config_kafka(c, "partition.assignment.strategy");
   if (strategy && strcmp(strategy, "range") != 0)
     return tw_fail(
@@ -546,23 +624,24 @@ static bool is_secret(const char *key) {
          strstr(key, "key.pem") || strstr(key, "token");
 }
 
+static const char *shown(const char *key, const char *value) {
+  if (strcmp(key, "mongo.uri") == 0 && strchr(value, '@')) return "(contains credentials, not shown)";
+  if (is_secret(key) && !strstr(key, ".file") && *value) return "(secret)";
+  return value;
+}
+
 void tw_config_dump(const tw_config_t *c, FILE *out) {
   tw_config_t *m = (tw_config_t *)c;
   for (size_t i = 0; i < N_SETTINGS; i++) {
     const setting_t *s = &SETTINGS[i];
     if (s->type == T_INT)
       fprintf(out, "%s=%lld\n", s->key, (long long)*int_field(m, s));
-    else if (strcmp(s->key, "mongo.uri") == 0 && strchr(*str_field(m, s), '@'))
-      fprintf(out, "%s=(contains credentials, not shown)\n", s->key);
-    else if (is_secret(s->key) && !strstr(s->key, ".file") && **str_field(m, s))
-      fprintf(out, "%s=(secret)\n", s->key);
     else
-      fprintf(out, "%s=%s\n", s->key, *str_field(m, s));
+      fprintf(out, "%s=%s\n", s->key, shown(s->key, *str_field(m, s)));
   }
   for (size_t i = 0; i < c->n_rules; i++)
     fprintf(out, "alerts.rules[%zu]=%s: %s\n", i, c->rules[i].id ? c->rules[i].id : "?",
             c->rules[i].condition ? c->rules[i].condition : "(built-in condition)");
   for (size_t i = 0; i < c->n_kafka; i++)
-    fprintf(out, "kafka.%s=%s\n", c->kafka[i].key,
-            is_secret(c->kafka[i].key) ? "(secret)" : c->kafka[i].value);
+    fprintf(out, "kafka.%s=%s\n", c->kafka[i].key, shown(c->kafka[i].key, c->kafka[i].value));
 }

@@ -22,6 +22,7 @@
 #include <microhttpd.h>
 #include <mongoc/mongoc.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -52,7 +53,7 @@ enum { R_TWIN, R_TIMELINE, R_LIST, R_METRICS, R_HEALTHZ, R_READYZ, R_OTHER, N_RO
 static const char *const ROUTE_LABEL[N_ROUTES] = {
     "/v1/twins/{id}", "/v1/twins/{id}/timeline", "/v1/twins", "/metrics", "/healthz", "/readyz", "other"};
 
-static const int CODES[] = {200, 400, 401, 404, 405, 413, 414, 500, 503};
+static const int CODES[] = {200, 400, 401, 404, 405, 413, 414, 429, 500, 503};
 #define N_CODES (sizeof CODES / sizeof CODES[0] + 1) /* the last slot: any other code */
 
 static const double BUCKETS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -66,6 +67,26 @@ typedef struct {
   uint64_t count[N_ROUTES];
   double sum[N_ROUTES];
 } stats_t;
+
+/* Request rate per client address: a token bucket each, refilled at
+ * http.rate.limit per second up to http.rate.burst. The buckets live in a
+ * set-associative table; a new address takes the least recently seen way
+ * of its set, so the table's memory is fixed whatever the number of
+ * clients. */
+#define RATE_SETS 1024
+#define RATE_WAYS 4
+typedef struct {
+  uint8_t addr[16]; /* IPv4 as v4-mapped IPv6 */
+  bool used;
+  double tokens;
+  int64_t last_ns;
+} rate_slot_t;
+
+typedef struct {
+  double per_s, burst; /* per_s 0: no limit */
+  pthread_mutex_t mu;
+  rate_slot_t slot[RATE_SETS][RATE_WAYS];
+} rate_t;
 
 struct tw_http {
   struct MHD_Daemon *d;
@@ -84,6 +105,7 @@ struct tw_http {
   atomic_bool starting;         /* MHD's log lines go to start_err too */
   char start_err[512];          /* what libmicrohttpd said while starting */
   _Atomic int64_t mongo_log_ms; /* last MongoDB error logged (rate limit) */
+  rate_t rate;
 };
 
 /* One request, from its URI to its completion (MHD's con_cls). */
@@ -351,6 +373,55 @@ static bool token_ok(const tw_http_t *h, const char *given, size_t n) {
 }
 
 /* True: go on. False: the 401 was queued (*res). */
+/* The client's address as 16 bytes; false if MHD cannot tell. */
+static bool client_addr(struct MHD_Connection *c, uint8_t out[16]) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (!ci || !ci->client_addr) return false;
+  const struct sockaddr *sa = ci->client_addr;
+  if (sa->sa_family == AF_INET) {
+    memset(out, 0, 10);
+    out[10] = out[11] = 0xff;
+    memcpy(out + 12, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+    return true;
+  }
+  if (sa->sa_family == AF_INET6) {
+    memcpy(out, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+    return true;
+  }
+  return false;
+}
+
+/* Takes one token from the client's bucket; false (and *retry_s, whole
+ * seconds until a token is back) when it is empty. */
+static bool rate_take(rate_t *rt, struct MHD_Connection *c, int *retry_s) {
+  uint8_t a[16];
+  if (rt->per_s <= 0 || !client_addr(c, a)) return true;
+  uint32_t hsh = 2166136261u;
+  for (int i = 0; i < 16; i++) hsh = (hsh ^ a[i]) * 16777619u;
+  int64_t now = mono_ns();
+  pthread_mutex_lock(&rt->mu);
+  rate_slot_t *set = rt->slot[hsh % RATE_SETS], *s = NULL;
+  for (int w = 0; w < RATE_WAYS && !s; w++)
+    if (set[w].used && memcmp(set[w].addr, a, 16) == 0) s = &set[w];
+  if (!s) { /* a new client: the least recently seen way */
+    s = &set[0];
+    for (int w = 1; w < RATE_WAYS; w++)
+      if (!set[w].used || (s->used && set[w].last_ns < s->last_ns)) s = &set[w];
+    *s = (rate_slot_t){.used = true, .tokens = rt->burst, .last_ns = now};
+    memcpy(s->addr, a, 16);
+  }
+  s->tokens += (double)(now - s->last_ns) / 1e9 * rt->per_s;
+  if (s->tokens > rt->burst) s->tokens = rt->burst;
+  s->last_ns = now;
+  bool ok = s->tokens >= 1;
+  if (ok)
+    s->tokens -= 1;
+  else
+    *retry_s = (int)ceil((1 - s->tokens) / rt->per_s);
+  pthread_mutex_unlock(&rt->mu);
+  return ok;
+}
+
 static bool authorized(tw_http_t *h, struct MHD_Connection *c, req_t *r, enum MHD_Result *res) {
   if (!h->n_tokens) return true;
   const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -744,6 +815,16 @@ static enum MHD_Result dispatch(tw_http_t *h, struct MHD_Connection *c, req_t *r
                   Q(method));
   }
   enum MHD_Result res;
+  int retry_s = 1;
+  /* Probes are never limited (an orchestrator polls them); everything else
+   * is, before authentication, so tokens cannot be guessed at speed. */
+  if (r->route != R_HEALTHZ && r->route != R_READYZ && !rate_take(&h->rate, c, &retry_s)) {
+    header_t ra = {MHD_HTTP_HEADER_RETRY_AFTER, ""};
+    snprintf(ra.value, sizeof ra.value, "%d", retry_s < 1 ? 1 : retry_s);
+    return fail_h(c, r, 429, &ra, 1,
+                  "too many requests from this address (http.rate.limit = %g per second, burst %g)",
+                  h->rate.per_s, h->rate.burst);
+  }
   if (r->route != R_HEALTHZ && r->route != R_READYZ && !authorized(h, c, r, &res)) return res;
   if (r->body_seen || has_body(c)) return fail(c, r, 413, "request bodies are not accepted");
   if (strlen(query) > MAX_QUERY)
@@ -1006,6 +1087,10 @@ tw_http_t *tw_http_start(const tw_config_t *cfg, const tw_http_engine_t *engine,
   }
   h->database = tw_xstrdup(cfg->mongo_database);
   h->max_limit = cfg->http_max_limit;
+  h->rate.per_s = (double)cfg->http_rate_limit;
+  h->rate.burst = (double)(cfg->http_rate_burst ? cfg->http_rate_burst : 2 * cfg->http_rate_limit);
+  if (h->rate.burst < 1) h->rate.burst = 1;
+  pthread_mutex_init(&h->rate.mu, NULL);
   char *cert = NULL, *key = NULL;
   struct sockaddr_storage addr;
   socklen_t addr_len;
@@ -1124,5 +1209,6 @@ void tw_http_stop(tw_http_t *h) {
   free(h->tokens);
   free(h->database);
   pthread_mutex_destroy(&h->stats.mu);
+  pthread_mutex_destroy(&h->rate.mu);
   free(h);
 }
