@@ -2,7 +2,7 @@
  * decode + validate + reduce + alert rules over a twin-sim record held in
  * memory, exactly the per-event work of a shard.
  *
- *   twin-bench-reducer --record FILE [--reps N] [--alloc arena|malloc] [--no-rules]
+ *   twin-bench-reducer --record FILE [--reps N] [--alloc arena|malloc] [--no-rules] [--memory]
  *
  * Each repetition starts from no twins (the first events of each product
  * create its twin, as after a cold start) and applies every recorded
@@ -10,6 +10,7 @@
  * counted. Prints one line per repetition and a JSON summary (min, median,
  * max) on the last line. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,10 +101,44 @@ static double run_pass(const msg_t *m, size_t n, bool arena_mode, const tw_rules
   return secs;
 }
 
+/* --memory: one pass from no twins, then the heap the twins hold (glibc's
+ * in-use bytes before and after, so malloc's own overhead per allocation is
+ * included), and the part of it that is the timeline's variable part (the
+ * entries' blocks and the timeline arrays). */
+static void memory_pass(const msg_t *m, size_t n, const tw_rules_t *rules) {
+  tw_arena_t arena;
+  tw_arena_init(&arena, 1 << 16);
+  counts_t c = {0};
+  tw_map_t twins;
+  tw_map_init(&twins);
+  apply_all(m, n, true, rules, &twins, &arena, &c); /* grows the arena and map once */
+  tw_map_cleanup(&twins, true);
+  malloc_trim(0);
+  size_t before = mallinfo2().uordblks;
+  tw_map_init(&twins);
+  apply_all(m, n, true, rules, &twins, &arena, &c);
+  size_t after = mallinfo2().uordblks;
+  size_t timeline = 0, table = twins.cap * (sizeof *twins.slots + sizeof *twins.hashes);
+  for (size_t i = 0; i < twins.cap; i++) {
+    const tw_twin_t *t = twins.slots[i];
+    if (!t) continue;
+    if (t->timeline) timeline += malloc_usable_size(t->timeline) + 8;
+    for (uint32_t k = 0; k < t->n_timeline; k++) timeline += malloc_usable_size(t->timeline[k].mem) + 8;
+  }
+  double per = (double)(after - before) / (double)twins.len;
+  printf("{\"bench\":\"reducer_memory\",\"events\":%zu,\"twins\":%zu,\"sizeof_twin\":%zu,"
+         "\"heap_bytes_per_twin\":%.0f,\"timeline_bytes_per_twin\":%.0f,\"table_bytes_per_twin\":%.0f,"
+         "\"bytes_per_twin_without_timeline\":%.0f}\n",
+         n, twins.len, sizeof(tw_twin_t), per, (double)timeline / (double)twins.len,
+         (double)table / (double)twins.len, per - (double)timeline / (double)twins.len);
+  tw_map_cleanup(&twins, true);
+  tw_arena_cleanup(&arena);
+}
+
 int main(int argc, char **argv) {
   const char *path = NULL, *alloc = "arena";
   int reps = 5;
-  bool with_rules = true;
+  bool with_rules = true, memory = false;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--record") == 0 && i + 1 < argc)
       path = argv[++i];
@@ -113,10 +148,12 @@ int main(int argc, char **argv) {
       alloc = argv[++i];
     else if (strcmp(argv[i], "--no-rules") == 0)
       with_rules = false;
+    else if (strcmp(argv[i], "--memory") == 0)
+      memory = true;
     else {
       fprintf(stderr,
               "usage: twin-bench-reducer --record FILE [--reps N (1..100, default 5)] [--alloc arena|malloc] "
-              "[--no-rules]\n");
+              "[--no-rules] [--memory]\n");
       return 2;
     }
   }
@@ -178,6 +215,13 @@ int main(int argc, char **argv) {
       fprintf(stderr, "twin-bench-reducer: %s\n", err);
       return 1;
     }
+  }
+  if (memory) {
+    memory_pass(m, n, rules);
+    tw_rules_destroy(rules);
+    free(m);
+    free(buf);
+    return 0;
   }
   counts_t c;
   size_t twins = 0;

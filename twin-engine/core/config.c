@@ -224,7 +224,7 @@ static bool set_resolved(tw_config_t *c, const char *key, const char *value, con
 
 bool tw_config_set(tw_config_t *c, const char *key, const char *value, const char *origin, char *err,
                    size_t cap) {
-  char *v;
+  char *v = NULL;
   if (!resolve_ref(key, value, origin, &v, err, cap)) return false;
   bool ok = set_resolved(c, key, v, origin, err, cap);
   free(v);
