@@ -5,6 +5,7 @@
  *   twin-bench-tool count BROKERS TOPIC...               messages in the topics (sum of end - start)
  *   twin-bench-tool dropdb MONGO_URI DATABASE             drop a database
  *   twin-bench-tool twins MONGO_URI DATABASE              documents in DATABASE.twins
+ *   twin-bench-tool server MONGO_URI DATABASE             "ferretdb" or "mongodb" (buildInfo)
  */
 #include <librdkafka/rdkafka.h>
 #include <mongoc/mongoc.h>
@@ -106,7 +107,18 @@ static int mongo_cmd(const char *cmd, const char *uri, const char *db) {
     return 2;
   }
   int rc = 0;
-  if (strcmp(cmd, "dropdb") == 0) {
+  if (strcmp(cmd, "server") == 0) {
+    bson_t c_cmd = BSON_INITIALIZER, reply;
+    BSON_APPEND_INT32(&c_cmd, "buildInfo", 1);
+    if (mongoc_client_command_simple(c, db, &c_cmd, NULL, &reply, &err)) {
+      bson_iter_t it;
+      printf("%s\n", bson_iter_init_find(&it, &reply, "ferretdbVersion") ? "ferretdb" : "mongodb");
+    } else {
+      rc = 1;
+    }
+    bson_destroy(&c_cmd);
+    bson_destroy(&reply);
+  } else if (strcmp(cmd, "dropdb") == 0) {
     mongoc_database_t *d = mongoc_client_get_database(c, db);
     if (!mongoc_database_drop(d, &err) && err.code != 26) rc = 1;
     mongoc_database_destroy(d);
@@ -126,11 +138,12 @@ static int mongo_cmd(const char *cmd, const char *uri, const char *db) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 4 && (strcmp(argv[1], "dropdb") == 0 || strcmp(argv[1], "twins") == 0))
+  if (argc == 4 &&
+      (strcmp(argv[1], "dropdb") == 0 || strcmp(argv[1], "twins") == 0 || strcmp(argv[1], "server") == 0))
     return mongo_cmd(argv[1], argv[2], argv[3]);
   if (argc < 4) {
     fprintf(stderr, "usage: twin-bench-tool create|delete|count BROKERS TOPIC[:PARTITIONS]...\n"
-                    "       twin-bench-tool dropdb|twins MONGO_URI DATABASE\n");
+                    "       twin-bench-tool dropdb|twins|server MONGO_URI DATABASE\n");
     return 2;
   }
   rd_kafka_t *rk = client(argv[2]);

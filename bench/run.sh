@@ -6,9 +6,17 @@
 #   bench/run.sh                     the issue's sizes (100,000 products, 10 M events; 1 M twins)
 #   BENCH_SCALE=quick bench/run.sh   a smaller run (10,000 products, 500,000 events; 100,000 twins)
 #
-# Environment: BENCH_REPS (repetitions, default 3), BENCH_SEED (default 7),
-# BENCH_SKIP="peer recovery ..." (phases to skip), TWIN_KAFKA_BOOTSTRAP,
+# Environment: BENCH_REPS (repetitions, default 3), BENCH_PEER_REPS (default:
+# BENCH_REPS), BENCH_SEED (default 7), BENCH_SKIP="peer recovery ..." (phases
+# to skip: core memory e2e freshness recovery peer), TWIN_KAFKA_BOOTSTRAP,
 # TWIN_MONGO_URI (default: the local stack, started if needed).
+#
+# A phase that fails is recorded as such in the table and the run goes on;
+# the results file is written at the end, also after a failure or Ctrl-C.
+# Freshness and recovery need a real MongoDB: FerretDB (the local stack)
+# scans its whole collection for every write and every lazy load, so on it
+# those phases would measure FerretDB; they are reported as not measured
+# there (BENCH_FORCE_FERRETDB=1 runs them anyway).
 #
 # Phases: 1 reducer core (one thread, no I/O; callgrind instructions per
 # event when valgrind is installed), 2 end to end from a pre-loaded broker
@@ -23,6 +31,7 @@ cd "$REPO"
 
 SCALE=${BENCH_SCALE:-full}
 REPS=${BENCH_REPS:-3}
+PEER_REPS=${BENCH_PEER_REPS:-$REPS}
 SEED=${BENCH_SEED:-7}
 SKIP=" ${BENCH_SKIP:-} "
 case $SCALE in
@@ -39,12 +48,15 @@ CACHE=$WORK/cache
 LOGS=$WORK/$RUN
 mkdir -p "$CACHE" "$LOGS" "$HERE/results"
 BIN=$REPO/build-bench/bin
-RESULTS=()   # markdown table rows
-JSON=()      # machine-readable lines
+ROWS=$LOGS/rows.md   # markdown table rows, appended by every phase
+JSONL=$LOGS/results.jsonl
+: >"$ROWS"
+: >"$JSONL"
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 skip() { [[ $SKIP == *" $1 "* ]]; }
-row() { RESULTS+=("$1"); printf '%s\n' "$1"; }
+row() { printf '%s\n' "$1" | tee -a "$ROWS"; }
+json() { printf '%s\n' "$1" >>"$JSONL"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
@@ -55,12 +67,29 @@ ninja -C "$REPO/build-bench" twin-engine twin-sim twinctl twin-bench-reducer twi
 if [[ -z ${TWIN_KAFKA_BOOTSTRAP:-} ]]; then "$REPO/deploy/local/stack.sh" up >/dev/null; fi
 
 ENGINE=""
-TOPICS=()
+TOPICS_FILE=$LOGS/topics
+: >"$TOPICS_FILE"
+SERVER=$("$BIN/twin-bench-tool" server "$MONGO" admin 2>/dev/null || echo unknown)
 cleanup() {
   [[ -n $ENGINE ]] && kill -9 "$ENGINE" 2>/dev/null || true
-  ((${#TOPICS[@]})) && "$BIN/twin-bench-tool" delete "$BROKERS" "${TOPICS[@]}" >/dev/null 2>&1 || true
+  if [[ -s $TOPICS_FILE ]]; then
+    # shellcheck disable=SC2046
+    "$BIN/twin-bench-tool" delete "$BROKERS" $(cat "$TOPICS_FILE") >/dev/null 2>&1 || true
+  fi
+  write_results
 }
 trap cleanup EXIT
+
+# phase NAME FUNCTION: runs one phase in a subshell (its own engine, killed on
+# the way out); a failure becomes a table row and the run goes on.
+phase() {
+  local name=$1 fn=$2
+  skip "$name" && return 0
+  (
+    trap '[[ -n $ENGINE ]] && kill -9 "$ENGINE" 2>/dev/null || true' EXIT
+    "$fn"
+  ) || row "| $name | not measured: the phase failed (logs in ${LOGS#$REPO/}) | |"
+}
 
 # ---- helpers ------------------------------------------------------------------------
 
@@ -112,11 +141,11 @@ engine_start() {
   ENGINE=$!
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && return 0
-    kill -0 "$ENGINE" 2>/dev/null || { echo "bench: engine exited; see $LOGS/engine-$db.log" >&2; exit 1; }
+      kill -0 "$ENGINE" 2>/dev/null || { echo "bench: engine exited; see $LOGS/engine-$db.log" >&2; return 1; }
     sleep 0.1
   done
   echo "bench: engine HTTP did not come up" >&2
-  exit 1
+  return 1
 }
 
 engine_stop() { # engine_stop SIGNAL
@@ -128,7 +157,7 @@ engine_stop() { # engine_stop SIGNAL
 # topics NAME PARTITIONS: creates NAME.telemetry/lifecycle (+ .dlq, .alerts)
 topics() {
   local n=$1 p=$2
-  TOPICS+=("$n.telemetry" "$n.lifecycle" "$n.telemetry.dlq" "$n.telemetry.alerts")
+  echo "$n.telemetry $n.lifecycle $n.telemetry.dlq $n.telemetry.alerts" >>"$TOPICS_FILE"
   "$BIN/twin-bench-tool" create "$BROKERS" "$n.telemetry:$p" "$n.lifecycle:$p" "$n.telemetry.dlq:3" \
     "$n.telemetry.alerts:$p"
 }
@@ -138,19 +167,21 @@ stats() { # stats VALUES...: min median max of numbers
 }
 
 # ---- 1. reducer core ----------------------------------------------------------------
-if ! skip core; then
-  REC=$CACHE/core-$SEED-$PRODUCTS-$EVENTS.rec
+REC=$CACHE/core-$SEED-$PRODUCTS-$EVENTS.rec
+phase_core() {
   say "1/6 reducer core: recording $EVENTS events of $PRODUCTS products (cached: $REC)"
   record "$REC" "$PRODUCTS" "$EVENTS"
   for alloc in arena malloc; do
+    local label="fast decoder + arena" cmd out mn md mx ns
+    [[ $alloc == malloc ]] && label="protobuf-c unpack + malloc (reference)"
     cmd="$BIN/twin-bench-reducer --record $REC --reps $REPS --alloc $alloc"
     out=$($cmd 2>"$LOGS/core-$alloc.log" | tail -1)
-    JSON+=("$out")
+    json "$out"
     read -r mn md mx ns < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["events_per_s_min"], d["events_per_s_median"], d["events_per_s_max"], d["ns_per_event_median"])' "$out")
-    row "| reducer core, 1 thread, $alloc decode | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")); $ns ns/event | \`${cmd/$REPO\//}\` |"
+    row "| reducer core, 1 thread, $label | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")); $ns ns/event | \`${cmd/$REPO\//}\` |"
   done
   # Two processes side by side: per-core scaling of the core on this machine.
-  cmd="$BIN/twin-bench-reducer --record $REC --reps $REPS --alloc arena"
+  local cmd="$BIN/twin-bench-reducer --record $REC --reps $REPS --alloc arena" sum
   $cmd 2>/dev/null | tail -1 >"$LOGS/core-par-a.json" &
   $cmd 2>/dev/null | tail -1 >"$LOGS/core-par-b.json"
   wait
@@ -158,101 +189,139 @@ if ! skip core; then
     "$LOGS/core-par-a.json" "$LOGS/core-par-b.json")
   row "| reducer core, 2 processes at once (2 cores) | $(printf "%'.0f" "${sum%.*}") events/s together | same command twice, concurrently |"
   if command -v valgrind >/dev/null; then
-    SMALL=$CACHE/core-$SEED-10000-200000.rec
-    record "$SMALL" 10000 200000
+    local small=$CACHE/core-$SEED-10000-200000.rec ir n
+    record "$small" 10000 200000
     ir=$(valgrind --tool=callgrind --callgrind-out-file="$LOGS/callgrind.out" --toggle-collect=apply_all \
-      "$BIN/twin-bench-reducer" --record "$SMALL" --reps 1 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
-    row "| reducer core, instructions (callgrind) | $((ir / 400000)) instructions/event | \`valgrind --tool=callgrind --toggle-collect=apply_all build-bench/bin/twin-bench-reducer --record <200k events> --reps 1\` (warm-up + 1 pass) |"
+      "$BIN/twin-bench-reducer" --record "$small" --reps 1 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
+    n=$((2 * 200000)) # the warm-up pass and one repetition
+    row "| reducer core, instructions (callgrind) | $((ir / n)) instructions/event | \`valgrind --tool=callgrind --toggle-collect=apply_all build-bench/bin/twin-bench-reducer --record <10,000 products, 200,000 events> --reps 1\` (warm-up + 1 pass) |"
+    json "{\"bench\":\"reducer_instructions\",\"events\":$n,\"instructions\":$ir}"
   fi
-fi
+}
+
+# ---- 3. memory per twin (reducer, no Kafka) ---------------------------------------------
+phase_memory() {
+  local big=$CACHE/core-$SEED-$BIG_PRODUCTS-$BIG_EVENTS.rec rec out
+  say "3/6 memory: heap per twin at $PRODUCTS and $BIG_PRODUCTS products"
+  record "$big" "$BIG_PRODUCTS" "$BIG_EVENTS"
+  for rec in "$REC" "$big"; do
+    [[ -s $rec ]] || record "$REC" "$PRODUCTS" "$EVENTS"
+    out=$("$BIN/twin-bench-reducer" --record "$rec" --memory 2>/dev/null | tail -1)
+    json "$out"
+    read -r tw all tl wo sz < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["twins"], d["heap_bytes_per_twin"], d["timeline_bytes_per_twin"], d["bytes_per_twin_without_timeline"], d["sizeof_twin"])' "$out")
+    row "| memory per twin at $(printf "%'d" "$tw") twins | $wo bytes without the timeline's entries ($all with them; the twin struct is $sz) | \`build-bench/bin/twin-bench-reducer --record <$(basename "$rec")> --memory\`: glibc heap in use after one pass, map table included |"
+  done
+}
 
 # ---- 2. end to end from a pre-loaded broker -------------------------------------------
 E2E=bench.$RUN.e2e
-if ! skip e2e || ! skip peer; then
+preload_e2e() {
+  [[ -s $LOGS/e2e.total ]] && return 0
   say "2/6 end to end: pre-loading $EVENTS events into $E2E.* (12 partitions)"
   topics "$E2E" 12
+  local t0
   t0=$(now)
   "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --events "$EVENTS" --brokers "$BROKERS" \
     --telemetry-topic "$E2E.telemetry" --lifecycle-topic "$E2E.lifecycle" --quiet
-  TOTAL=$("$BIN/twin-bench-tool" count "$BROKERS" "$E2E.telemetry" "$E2E.lifecycle")
-  say "   loaded $TOTAL messages in $(secs "$t0" "$(now)") s"
-fi
-if ! skip e2e; then
+  "$BIN/twin-bench-tool" count "$BROKERS" "$E2E.telemetry" "$E2E.lifecycle" >"$LOGS/e2e.total"
+  say "   loaded $(cat "$LOGS/e2e.total") messages in $(secs "$t0" "$(now)") s"
+}
+
+phase_e2e() {
+  preload_e2e
+  local TOTAL
+  TOTAL=$(cat "$LOGS/e2e.total")
   for shards in 1 2; do
-    rates=() steady=() persisted=() hwms=()
+    local rates=() steady=() persisted=() hwms=() rss_twins=()
     for rep in $(seq 1 "$REPS"); do
-      db="bench_${RUN}_e2e_${shards}_$rep"
+      local db="bench_${RUN}_e2e_${shards}_$rep"
       # Snapshots are deferred to the end: FerretDB (the local MongoDB stand-in)
       # scans its whole collection per write, which would measure FerretDB,
       # not the engine. A graceful stop then writes every twin (timed below).
       engine_start "$db" "bench-$RUN-e2e-$shards-$rep" "$E2E.telemetry" "$E2E.lifecycle" "$shards" \
         --set snapshot.interval.ms=600000 --set snapshot.max.dirty=10000000
-      t0=$(now) t10="" t90="" done_c=""
+      local t0 t10="" t90="" done_c="" c tn
+      t0=$(now)
       while :; do
         c=$(metric_sum twin_events_total 'outcome="consumed"')
         tn=$(now)
         [[ -z $t10 && $c -ge $((TOTAL / 10)) ]] && t10=$tn
         [[ -z $t90 && $c -ge $((TOTAL * 9 / 10)) ]] && t90=$tn
         if [[ $c -ge $TOTAL ]]; then done_c=$tn && break; fi
-        kill -0 "$ENGINE" || { echo "bench: engine died" >&2; exit 1; }
+        kill -0 "$ENGINE" || { echo "bench: engine died" >&2; return 1; }
         sleep 0.2
       done
       hwms+=("$(hwm_kib "$ENGINE")")
       # Persisted and checkpointed: a graceful stop flushes every twin, then
-      # the checkpoints.
-      engine_stop TERM
-      t_persist=$(now)
+      # the checkpoints. Not on FerretDB: its inserts scan the collection, so
+      # the time would be FerretDB's.
+      if [[ $SERVER == ferretdb && -z ${BENCH_FORCE_FERRETDB:-} ]]; then
+        engine_stop KILL
+      else
+        engine_stop TERM
+        persisted+=("$(secs "$t0" "$(now)")")
+      fi
       rates+=("$(awk -v n="$TOTAL" -v a="$t0" -v b="$done_c" 'BEGIN { printf "%.0f", n / (b - a) }')")
       steady+=("$(awk -v n="$TOTAL" -v a="$t10" -v b="$t90" 'BEGIN { printf "%.0f", n * 0.8 / (b - a) }')")
-      persisted+=("$(secs "$t0" "$t_persist")")
       "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
     done
+    local mn md mx smn smd smx pmn pmd pmx hmd
     read -r mn md mx < <(stats "${rates[@]}")
     read -r smn smd smx < <(stats "${steady[@]}")
-    read -r pmn pmd pmx < <(stats "${persisted[@]}")
     read -r _ hmd _ < <(stats "${hwms[@]}")
-    row "| end to end, $shards shard(s), whole run | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")) | $TOTAL messages pre-loaded, engine from an empty database |"
+    row "| end to end, $shards shard(s), whole run | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")) | $TOTAL messages pre-loaded (12 partitions), engine from an empty database |"
     row "| end to end, $shards shard(s), steady (10 %-90 %) | $(printf "%'.0f" "$smd") events/s (min $(printf "%'.0f" "$smn"), max $(printf "%'.0f" "$smx")) | |"
-    row "| end to end, $shards shard(s), start -> every twin persisted + checkpointed | $pmd s (min $pmn, max $pmx) | snapshots written once at the end (FerretDB); peak RSS $((hmd / 1024)) MiB |"
-    JSON+=("{\"bench\":\"e2e\",\"shards\":$shards,\"events\":$TOTAL,\"events_per_s\":[${rates[*]// /,}],\"steady\":[${steady[*]// /,}],\"persisted_s\":[${persisted[*]// /,}],\"peak_rss_kib\":[${hwms[*]// /,}]}")
+    if ((${#persisted[@]})); then
+      read -r pmn pmd pmx < <(stats "${persisted[@]}")
+      row "| end to end, $shards shard(s), start -> every twin persisted + checkpointed | $pmd s (min $pmn, max $pmx) | snapshots written once, at the graceful stop; peak RSS $((hmd / 1024)) MiB |"
+    else
+      row "| end to end, $shards shard(s), start -> every twin persisted + checkpointed | not measured on FerretDB (it scans its collection per write) | peak RSS $((hmd / 1024)) MiB |"
+    fi
+    json "{\"bench\":\"e2e\",\"shards\":$shards,\"events\":$TOTAL,\"events_per_s\":[${rates[*]// /,}],\"steady\":[${steady[*]// /,}],\"persisted_s\":[${persisted[*]// /,}],\"peak_rss_kib\":[${hwms[*]// /,}]}"
   done
-fi
+}
 
-# ---- 3. memory per twin at the large size ---------------------------------------------
-BIG=bench.$RUN.big
-if ! skip memory || ! skip recovery; then
-  say "3/6 memory: $BIG_PRODUCTS twins from $BIG_EVENTS events"
-  topics "$BIG" 12
+# ---- engine memory at the large size --------------------------------------------------
+phase_engine_memory() {
+  local big=bench.$RUN.big db="bench_${RUN}_big" total base twins rss per
+  say "3/6 engine memory: $BIG_PRODUCTS twins from $BIG_EVENTS events through Kafka"
+  topics "$big" 12
   "$BIN/twin-sim" --seed "$SEED" --products "$BIG_PRODUCTS" --events "$BIG_EVENTS" --brokers "$BROKERS" \
-    --telemetry-topic "$BIG.telemetry" --lifecycle-topic "$BIG.lifecycle" --quiet
-  BIG_TOTAL=$("$BIN/twin-bench-tool" count "$BROKERS" "$BIG.telemetry" "$BIG.lifecycle")
-  BIGDB="bench_${RUN}_big"
-  engine_start "$BIGDB" "bench-$RUN-big" "$BIG.telemetry" "$BIG.lifecycle" 2 --set snapshot.interval.ms=600000 \
+    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet
+  total=$("$BIN/twin-bench-tool" count "$BROKERS" "$big.telemetry" "$big.lifecycle")
+  engine_start "$db" "bench-$RUN-big" "$big.telemetry" "$big.lifecycle" 2 --set snapshot.interval.ms=600000 \
     --set snapshot.max.dirty=10000000
   base=$(rss_kib "$ENGINE")
-  while [[ $(metric_sum twin_events_total 'outcome="consumed"') -lt $BIG_TOTAL ]]; do sleep 0.5; done
+  while [[ $(metric_sum twin_events_total 'outcome="consumed"') -lt $total ]]; do sleep 0.5; done
   twins=$(metric_sum twin_twins_in_memory)
   rss=$(rss_kib "$ENGINE")
   per=$(((rss - base) * 1024 / (twins > 0 ? twins : 1)))
-  row "| memory per twin at $(printf "%'d" "$twins") twins | $per bytes (RSS $((rss / 1024)) MiB, $((base / 1024)) MiB before) | vehicle twins from twin-sim, timelines included |"
-  JSON+=("{\"bench\":\"memory\",\"twins\":$twins,\"bytes_per_twin\":$per,\"rss_kib\":$rss,\"base_kib\":$base}")
-  say "   writing all $twins snapshots to MongoDB (graceful stop)"
-  t0=$(now)
-  engine_stop TERM
-  row "| persisting $(printf "%'d" "$twins") new twins (graceful stop) | $(secs "$t0" "$(now)") s | FerretDB insert path |"
-fi
+  row "| engine RSS growth per twin at $(printf "%'d" "$twins") twins | $per bytes (RSS $((rss / 1024)) MiB, $((base / 1024)) MiB at start) | the whole process through Kafka: twins with timelines, librdkafka queues, allocator slack |"
+  json "{\"bench\":\"engine_memory\",\"twins\":$twins,\"bytes_per_twin\":$per,\"rss_kib\":$rss,\"base_kib\":$base}"
+  engine_stop KILL # the point is the memory; persisting a million twins would measure the database
+  "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
+}
 
 # ---- 5. recovery after kill -9 with the large store ------------------------------------
-if ! skip recovery; then
+phase_recovery() {
+  local big=bench.$RUN.rec db="bench_${RUN}_rec" total t0 t_resume twins
+  topics "$big" 12
+  "$BIN/twin-sim" --seed "$SEED" --products "$BIG_PRODUCTS" --events "$BIG_EVENTS" --brokers "$BROKERS" \
+    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet
+  engine_start "$db" "bench-$RUN-rec" "$big.telemetry" "$big.lifecycle" 2 --set snapshot.interval.ms=600000 \
+    --set snapshot.max.dirty=10000000
+  total=$("$BIN/twin-bench-tool" count "$BROKERS" "$big.telemetry" "$big.lifecycle")
+  while [[ $(metric_sum twin_events_total 'outcome="consumed"') -lt $total ]]; do sleep 0.5; done
+  engine_stop TERM # persists every twin
+  twins=$("$BIN/twin-bench-tool" twins "$MONGO" "$db")
   say "5/6 recovery: kill -9 with $twins twins persisted, 100,000 more events, restart"
-  engine_start "$BIGDB" "bench-$RUN-big" "$BIG.telemetry" "$BIG.lifecycle" 2
+  engine_start "$db" "bench-$RUN-rec" "$big.telemetry" "$big.lifecycle" 2
   while [[ $(metric_sum twin_assigned_partitions) -eq 0 ]]; do sleep 0.1; done
   engine_stop KILL
   "$BIN/twin-sim" --seed "$((SEED + 1))" --products "$BIG_PRODUCTS" --events 100000 --brokers "$BROKERS" \
-    --telemetry-topic "$BIG.telemetry" --lifecycle-topic "$BIG.lifecycle" --quiet
-  BIG_TOTAL=$("$BIN/twin-bench-tool" count "$BROKERS" "$BIG.telemetry" "$BIG.lifecycle")
+    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet
   t0=$(now)
-  engine_start "$BIGDB" "bench-$RUN-big" "$BIG.telemetry" "$BIG.lifecycle" 2 --set snapshot.interval.ms=600000 \
+  engine_start "$db" "bench-$RUN-rec" "$big.telemetry" "$big.lifecycle" 2 --set snapshot.interval.ms=600000 \
     --set snapshot.max.dirty=10000000
   while [[ $(metric_sum twin_events_total 'outcome="consumed"') -eq 0 ]]; do sleep 0.05; done
   t_resume=$(now)
@@ -260,57 +329,75 @@ if ! skip recovery; then
   row "| recovery with $(printf "%'d" "$twins") twins persisted: start -> consuming | $(secs "$t0" "$t_resume") s | kill -9, 100,000 new events, restart (lazy loading) |"
   row "| recovery: start -> lag 0 | $(secs "$t0" "$(now)") s | |"
   engine_stop KILL
-fi
-[[ -n $ENGINE ]] && engine_stop TERM
-if ! skip memory || ! skip recovery; then "$BIN/twin-bench-tool" dropdb "$MONGO" "$BIGDB" >/dev/null; fi
+  "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
+}
 
 # ---- 4. freshness at a fixed offered load -------------------------------------------------
-if ! skip freshness; then
-  FR=bench.$RUN.fresh
+phase_freshness() {
+  local fr=bench.$RUN.fresh db="bench_${RUN}_fresh"
   say "4/6 freshness: $RATE events/s for $RATE_S s"
-  topics "$FR" 12
-  db="bench_${RUN}_fresh"
-  engine_start "$db" "bench-$RUN-fresh" "$FR.telemetry" "$FR.lifecycle" 2
+  topics "$fr" 12
+  engine_start "$db" "bench-$RUN-fresh" "$fr.telemetry" "$fr.lifecycle" 2
   "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" --brokers "$BROKERS" \
-    --telemetry-topic "$FR.telemetry" --lifecycle-topic "$FR.lifecycle" --quiet
+    --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
   sleep 3
   row "| freshness at $(printf "%'d" "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; twin-sim --rate $RATE --duration $RATE_S |"
   row "| freshness: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s | $(metric_sum twin_alert_delay_seconds_count) alerts |"
   engine_stop TERM
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
-fi
+}
 
 # ---- 6. the Kafka Streams peer on the phase-2 stream -------------------------------------
-if ! skip peer; then
+phase_peer() {
+  preload_e2e
+  local TOTAL
+  TOTAL=$(cat "$LOGS/e2e.total")
   say "6/6 peer: Kafka Streams on $E2E.* ($TOTAL messages)"
-  "$HERE/peers/kstreams/build.sh" >"$LOGS/peer-build.log" 2>&1 || { echo "bench: peer build failed, see $LOGS/peer-build.log" >&2; exit 1; }
+  "$HERE/peers/kstreams/build.sh" >"$LOGS/peer-build.log" 2>&1 || { echo "bench: peer build failed, see $LOGS/peer-build.log" >&2; return 1; }
   for threads in 1 2; do
-    prates=()
-    for rep in $(seq 1 "$REPS"); do
+    local prates=() out mn md mx
+    for rep in $(seq 1 "$PEER_REPS"); do
       out=$("$HERE/peers/kstreams/run.sh" --bootstrap "$BROKERS" --telemetry-topic "$E2E.telemetry" \
         --lifecycle-topic "$E2E.lifecycle" --threads "$threads" --application-id "bench-$RUN-peer-$threads-$rep" \
         --events "$TOTAL" 2>>"$LOGS/peer.log" | tail -1)
-      JSON+=("$out")
+      json "$out"
       prates+=("$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["events_per_s"]))' "$out")")
     done
     read -r mn md mx < <(stats "${prates[@]}")
-    row "| Kafka Streams peer, $threads thread(s) | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")) | bench/peers/kstreams/run.sh, same topics |"
+    row "| Kafka Streams peer, $threads stream thread(s) | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")) | bench/peers/kstreams/run.sh, same topics, $PEER_REPS run(s) |"
   done
-fi
+}
 
 # ---- results ---------------------------------------------------------------------------
-OUT=$HERE/results/$(date +%Y-%m-%d)-$(hostname).md
-{
-  echo "# twin-engine benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(hostname)"
-  echo
-  echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and FerretDB on the same machine."
-  echo
-  echo "| what | result | how |"
-  echo "|---|---|---|"
-  printf '%s\n' "${RESULTS[@]}"
-  echo
-  echo '```json'
-  printf '%s\n' "${JSON[@]}"
-  echo '```'
-} >"$OUT"
-say "results in ${OUT#$REPO/}"
+write_results() {
+  local out
+  out=$HERE/results/$(date +%Y-%m-%d)-$(hostname).md
+  {
+    echo "# twin-engine benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(hostname)"
+    echo
+    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    echo
+    echo "| what | result | how |"
+    echo "|---|---|---|"
+    cat "$ROWS"
+    echo
+    echo '```json'
+    cat "$JSONL"
+    echo '```'
+  } >"$out"
+  say "results in ${out#$REPO/}"
+}
+
+phase core phase_core
+phase memory phase_memory
+phase e2e phase_e2e
+phase memory phase_engine_memory
+if [[ $SERVER == ferretdb && -z ${BENCH_FORCE_FERRETDB:-} ]]; then
+  for p in freshness recovery; do
+    skip "$p" || row "| $p | not measured: the database is FerretDB, which scans its whole collection on every write and lazy load (BENCH_FORCE_FERRETDB=1 runs it anyway) | needs a real MongoDB: TWIN_MONGO_URI=mongodb://... bench/run.sh |"
+  done
+else
+  phase freshness phase_freshness
+  phase recovery phase_recovery
+fi
+phase peer phase_peer

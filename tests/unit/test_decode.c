@@ -5,7 +5,8 @@
  *   - on damaged and unusual bytes (truncations, bit flips, repeated singular
  *     fields, unknown fields, other wire types, concatenated messages) the
  *     fast path either gives exactly protobuf-c's message or defers to it,
- *     and tw_envelope_decode() then answers as protobuf-c does.
+ *     and tw_envelope_unpack() then answers as protobuf-c does;
+ *   - the fast path reports a NUL byte inside a string field.
  * "The same message" is checked by packing both with protobuf-c and
  * comparing the bytes, and by comparing string bytes directly. Seeded, so a
  * failure replays; TWIN_TEST_SEED overrides the seed. */
@@ -251,14 +252,15 @@ static void check_bytes(const uint8_t *data, size_t len, tw_arena_t *a, stats_t 
   Twin__V1__Envelope *ref = twin__v1__envelope__unpack(NULL, len, data);
   Twin__V1__Envelope *fast = NULL;
   st->inputs++;
-  if (tw_envelope_decode_fast(a, data, len, &fast)) {
+  bool nul;
+  if (tw_envelope_decode_fast(a, data, len, &fast, &nul)) {
     st->fast++;
     if (!ref) fail_msg("fast path accepted %zu bytes that protobuf-c rejects", len);
     assert_same(fast, ref);
   } else {
     st->deferred++;
   }
-  Twin__V1__Envelope *both = tw_envelope_decode(a, data, len);
+  Twin__V1__Envelope *both = tw_envelope_unpack(&a->pb, data, len, NULL);
   assert_int_equal(both != NULL, ref != NULL);
   if (ref) {
     assert_same(both, ref);
@@ -286,7 +288,7 @@ static void test_canonical(void **state) {
     size_t len, maxr;
     uint8_t *buf = renvelope(&len, &maxr);
     Twin__V1__Envelope *fast = NULL;
-    bool ok = tw_envelope_decode_fast(&a, buf, len, &fast);
+    bool ok = tw_envelope_decode_fast(&a, buf, len, &fast, NULL);
     tw_arena_reset(&a);
     if (maxr <= TW_DECODE_MAX_REPEATED && !ok)
       fail_msg("canonical envelope %d (%zu bytes) left the fast path", i, len);
@@ -379,7 +381,9 @@ static void test_known(void **state) {
   const uint8_t ok[] = {0x0a, 0x02, 'P',  '1',  0x18, 0xac, 0x02, 0x52, 0x1b, 0x11, 0x00, 0x00,
                         0x00, 0x00, 0x00, 0x00, 0x29, 0x40, 0x42, 0x10, 0x00, 0x00, 0x00, 0x00,
                         0x00, 0x00, 0xf0, 0x3f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40};
-  assert_true(tw_envelope_decode_fast(&a, ok, sizeof ok, &e));
+  bool nul = true;
+  assert_true(tw_envelope_decode_fast(&a, ok, sizeof ok, &e, &nul));
+  assert_false(nul);
   assert_string_equal(e->product_id, "P1");
   assert_int_equal(e->seq, 300);
   assert_int_equal(e->payload_case, TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY);
@@ -390,13 +394,29 @@ static void test_known(void **state) {
   assert_int_equal(e->telemetry->_odometer_km_case, 0);
   /* an 11-byte varint: malformed for both */
   const uint8_t long_varint[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
-  assert_false(tw_envelope_decode_fast(&a, long_varint, sizeof long_varint, &e));
-  assert_null(tw_envelope_decode(&a, long_varint, sizeof long_varint));
+  assert_false(tw_envelope_decode_fast(&a, long_varint, sizeof long_varint, &e, NULL));
+  assert_null(tw_envelope_unpack(&a.pb, long_varint, sizeof long_varint, NULL));
   /* a length past the end */
   const uint8_t past[] = {0x0a, 0x05, 'P'};
-  assert_null(tw_envelope_decode(&a, past, sizeof past));
+  assert_null(tw_envelope_unpack(&a.pb, past, sizeof past, NULL));
   /* the empty message is a valid (empty) Envelope */
-  assert_true(tw_envelope_decode_fast(&a, ok, 0, &e));
+  /* a NUL inside a string: reported (the C string is cut short), in the
+   * envelope and inside a payload */
+  const uint8_t nul_id[] = {0x0a, 0x03, 'P', 0x00, 'X', 0x18, 0x01};
+  assert_true(tw_envelope_decode_fast(&a, nul_id, sizeof nul_id, &e, &nul));
+  assert_true(nul);
+  assert_string_equal(e->product_id, "P");
+  const uint8_t nul_site[] = {0x5a, 0x04, 0x12, 0x02, 'A', 0x00};
+  assert_true(tw_envelope_decode_fast(&a, nul_site, sizeof nul_site, &e, &nul));
+  assert_true(nul);
+  int any = 0;
+  assert_non_null(tw_envelope_unpack(&a.pb, nul_site, sizeof nul_site, &any));
+  assert_int_equal(any, 1);
+  Twin__V1__Envelope *m = tw_envelope_unpack(NULL, ok, sizeof ok, &any); /* malloc: protobuf-c decodes */
+  assert_non_null(m);
+  assert_int_equal(any, -1);
+  twin__v1__envelope__free_unpacked(m, NULL);
+  assert_true(tw_envelope_decode_fast(&a, ok, 0, &e, NULL));
   assert_int_equal(e->payload_case, 0);
   assert_string_equal(e->product_id, "");
   tw_arena_cleanup(&a);

@@ -18,6 +18,10 @@ static void pb_free(void *ud, void *p) {
   (void)p; /* freed all at once by tw_arena_reset */
 }
 
+tw_arena_t *tw_arena_of(ProtobufCAllocator *pb) {
+  return pb && pb->alloc == pb_alloc ? pb->allocator_data : NULL;
+}
+
 void tw_arena_init(tw_arena_t *a, size_t block_size) {
   a->cur = a->end = NULL;
   a->head = a->first = NULL;

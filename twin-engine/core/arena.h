@@ -22,6 +22,8 @@ typedef struct {
 } tw_arena_t;
 
 void tw_arena_init(tw_arena_t *a, size_t block_size);
+/* The arena behind an allocator made by tw_arena_init (a->pb), else NULL. */
+tw_arena_t *tw_arena_of(ProtobufCAllocator *pb);
 void *tw_arena_alloc_slow(tw_arena_t *a, size_t n);
 
 /* 16-byte aligned; aborts on out-of-memory. */

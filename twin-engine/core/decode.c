@@ -62,21 +62,29 @@ static inline bool rd_double(rd_t *r, double *d) {
   return true;
 }
 
-static char *str(tw_arena_t *a, const rd_t *s) {
+/* The decoder's state: where it allocates, and whether a string held a NUL
+ * byte (protobuf-c's C strings would end there). */
+typedef struct {
+  tw_arena_t *a;
+  bool nul;
+} dec_t;
+
+static char *str(dec_t *d, const rd_t *s) {
   size_t n = (size_t)(s->end - s->p);
-  char *c = tw_arena_alloc(a, n + 1);
+  char *c = tw_arena_alloc(d->a, n + 1);
   memcpy(c, s->p, n);
+  if (memchr(c, 0, n)) d->nul = true;
   c[n] = '\0';
   return c;
 }
 
 /* Packed doubles; one occurrence only. */
-static bool packed_doubles(tw_arena_t *a, const rd_t *s, size_t *n, double **v) {
+static bool packed_doubles(dec_t *d, const rd_t *s, size_t *n, double **v) {
   size_t bytes = (size_t)(s->end - s->p);
   if (*n || bytes % 8) return false;
   *n = bytes / 8;
   if (*n) {
-    *v = tw_arena_alloc(a, bytes);
+    *v = tw_arena_alloc(d->a, bytes);
     memcpy(*v, s->p, bytes);
   }
   return true;
@@ -94,10 +102,10 @@ static bool strs_add(strs_t *l, const rd_t *s) {
   return true;
 }
 
-static char **strs_copy(tw_arena_t *a, const strs_t *l) {
+static char **strs_copy(dec_t *d, const strs_t *l) {
   if (!l->n) return NULL;
-  char **out = tw_arena_alloc(a, l->n * sizeof *out);
-  for (size_t i = 0; i < l->n; i++) out[i] = str(a, &l->v[i]);
+  char **out = tw_arena_alloc(d->a, l->n * sizeof *out);
+  for (size_t i = 0; i < l->n; i++) out[i] = str(d, &l->v[i]);
   return out;
 }
 
@@ -107,8 +115,8 @@ static char **strs_copy(tw_arena_t *a, const strs_t *l) {
     seen |= 1u << (f);                    \
   } while (0)
 
-static bool metrics_entry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry__MetricsEntry **out) {
-  Twin__V1__Telemetry__MetricsEntry *e = tw_arena_alloc(a, sizeof *e);
+static bool metrics_entry(dec_t *d, rd_t r, Twin__V1__Telemetry__MetricsEntry **out) {
+  Twin__V1__Telemetry__MetricsEntry *e = tw_arena_alloc(d->a, sizeof *e);
   *e = (Twin__V1__Telemetry__MetricsEntry)TWIN__V1__TELEMETRY__METRICS_ENTRY__INIT;
   uint32_t seen = 0, f, wt;
   while (r.p < r.end) {
@@ -117,7 +125,7 @@ static bool metrics_entry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry__MetricsEnt
     if (f == 1 && wt == WT_LEN) {
       SEEN(1);
       if (!rd_len(&r, &s)) return false;
-      e->key = str(a, &s);
+      e->key = str(d, &s);
     } else if (f == 2 && wt == WT_I64) {
       SEEN(2);
       if (!rd_double(&r, &e->value)) return false;
@@ -129,8 +137,8 @@ static bool metrics_entry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry__MetricsEnt
   return true;
 }
 
-static bool attributes_entry(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent__AttributesEntry **out) {
-  Twin__V1__LifecycleEvent__AttributesEntry *e = tw_arena_alloc(a, sizeof *e);
+static bool attributes_entry(dec_t *d, rd_t r, Twin__V1__LifecycleEvent__AttributesEntry **out) {
+  Twin__V1__LifecycleEvent__AttributesEntry *e = tw_arena_alloc(d->a, sizeof *e);
   *e = (Twin__V1__LifecycleEvent__AttributesEntry)TWIN__V1__LIFECYCLE_EVENT__ATTRIBUTES_ENTRY__INIT;
   uint32_t seen = 0, f, wt;
   while (r.p < r.end) {
@@ -138,7 +146,7 @@ static bool attributes_entry(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent__At
     if (!rd_tag(&r, &f, &wt) || wt != WT_LEN || (f != 1 && f != 2)) return false;
     SEEN(f);
     if (!rd_len(&r, &s)) return false;
-    *(f == 1 ? &e->key : &e->value) = str(a, &s);
+    *(f == 1 ? &e->key : &e->value) = str(d, &s);
   }
   *out = e;
   return true;
@@ -151,8 +159,8 @@ static bool attributes_entry(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent__At
     t->_##name##_case = num;                                    \
     break
 
-static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
-  Twin__V1__Telemetry *t = tw_arena_alloc(a, sizeof *t);
+static bool telemetry(dec_t *d, rd_t r, Twin__V1__Telemetry **out) {
+  Twin__V1__Telemetry *t = tw_arena_alloc(d->a, sizeof *t);
   *t = (Twin__V1__Telemetry)TWIN__V1__TELEMETRY__INIT;
   strs_t dtc;
   dtc.n = 0;
@@ -178,11 +186,11 @@ static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
       OPT_DOUBLE(17, range_km);
     case 8:
       if (wt != WT_LEN || !rd_len(&r, &s) ||
-          !packed_doubles(a, &s, &t->n_tire_pressure_kpa, &t->tire_pressure_kpa))
+          !packed_doubles(d, &s, &t->n_tire_pressure_kpa, &t->tire_pressure_kpa))
         return false;
       break;
     case 9:
-      if (wt != WT_LEN || !rd_len(&r, &s) || !packed_doubles(a, &s, &t->n_brake_pad_mm, &t->brake_pad_mm))
+      if (wt != WT_LEN || !rd_len(&r, &s) || !packed_doubles(d, &s, &t->n_brake_pad_mm, &t->brake_pad_mm))
         return false;
       break;
     case 10:
@@ -190,12 +198,12 @@ static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
       break;
     case 11:
       if (wt != WT_LEN || !rd_len(&r, &s)) return false;
-      t->firmware_version = str(a, &s);
+      t->firmware_version = str(d, &s);
       t->_firmware_version_case = TWIN__V1__TELEMETRY___FIRMWARE_VERSION_FIRMWARE_VERSION;
       break;
     case 12:
       if (wt != WT_LEN || !rd_len(&r, &s) || n_metrics == TW_DECODE_MAX_REPEATED ||
-          !metrics_entry(a, s, &metrics[n_metrics++]))
+          !metrics_entry(d, s, &metrics[n_metrics++]))
         return false;
       break;
     case 13: {
@@ -208,17 +216,17 @@ static bool telemetry(tw_arena_t *a, rd_t r, Twin__V1__Telemetry **out) {
     }
   }
   t->n_dtc_codes = dtc.n;
-  t->dtc_codes = strs_copy(a, &dtc);
+  t->dtc_codes = strs_copy(d, &dtc);
   if ((t->n_metrics = n_metrics)) {
-    t->metrics = tw_arena_alloc(a, n_metrics * sizeof *t->metrics);
+    t->metrics = tw_arena_alloc(d->a, n_metrics * sizeof *t->metrics);
     memcpy(t->metrics, metrics, n_metrics * sizeof *t->metrics);
   }
   *out = t;
   return true;
 }
 
-static bool lifecycle(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent **out) {
-  Twin__V1__LifecycleEvent *l = tw_arena_alloc(a, sizeof *l);
+static bool lifecycle(dec_t *d, rd_t r, Twin__V1__LifecycleEvent **out) {
+  Twin__V1__LifecycleEvent *l = tw_arena_alloc(d->a, sizeof *l);
   *l = (Twin__V1__LifecycleEvent)TWIN__V1__LIFECYCLE_EVENT__INIT;
   strs_t parts;
   parts.n = 0;
@@ -240,35 +248,35 @@ static bool lifecycle(tw_arena_t *a, rd_t r, Twin__V1__LifecycleEvent **out) {
     } else {
       if (wt != WT_LEN || !rd_len(&r, &s)) return false;
       switch (f) {
-      case 2: l->site = str(a, &s); break;
-      case 3: l->actor = str(a, &s); break;
-      case 4: l->detail = str(a, &s); break;
-      case 5: l->work_order = str(a, &s); break;
+      case 2: l->site = str(d, &s); break;
+      case 3: l->actor = str(d, &s); break;
+      case 4: l->detail = str(d, &s); break;
+      case 5: l->work_order = str(d, &s); break;
       case 7:
         if (!strs_add(&parts, &s)) return false;
         break;
-      case 8: l->recall_id = str(a, &s); break;
+      case 8: l->recall_id = str(d, &s); break;
       case 9:
-        if (n_attrs == TW_DECODE_MAX_REPEATED || !attributes_entry(a, s, &attrs[n_attrs++])) return false;
+        if (n_attrs == TW_DECODE_MAX_REPEATED || !attributes_entry(d, s, &attrs[n_attrs++])) return false;
         break;
-      case 10: l->owner_id = str(a, &s); break;
-      case 11: l->model = str(a, &s); break;
+      case 10: l->owner_id = str(d, &s); break;
+      case 11: l->model = str(d, &s); break;
       default: return false;
       }
     }
   }
   l->n_parts_replaced = parts.n;
-  l->parts_replaced = strs_copy(a, &parts);
+  l->parts_replaced = strs_copy(d, &parts);
   if ((l->n_attributes = n_attrs)) {
-    l->attributes = tw_arena_alloc(a, n_attrs * sizeof *l->attributes);
+    l->attributes = tw_arena_alloc(d->a, n_attrs * sizeof *l->attributes);
     memcpy(l->attributes, attrs, n_attrs * sizeof *l->attributes);
   }
   *out = l;
   return true;
 }
 
-bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twin__V1__Envelope **out) {
-  Twin__V1__Envelope *e = tw_arena_alloc(a, sizeof *e);
+static bool envelope(dec_t *d, const uint8_t *data, size_t len, Twin__V1__Envelope **out) {
+  Twin__V1__Envelope *e = tw_arena_alloc(d->a, sizeof *e);
   *e = (Twin__V1__Envelope)TWIN__V1__ENVELOPE__INIT;
   rd_t r = {data, data + len};
   uint32_t seen = 0, f, wt;
@@ -281,7 +289,7 @@ bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twi
     case 2:
       SEEN(f);
       if (wt != WT_LEN || !rd_len(&r, &s)) return false;
-      *(f == 1 ? &e->product_id : &e->source) = str(a, &s);
+      *(f == 1 ? &e->product_id : &e->source) = str(d, &s);
       break;
     case 3:
     case 4:
@@ -297,7 +305,7 @@ bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twi
       if (seen & (3u << 10)) return false; /* one payload, once */
       seen |= 1u << f;
       if (wt != WT_LEN || !rd_len(&r, &s)) return false;
-      if (f == 10 ? !telemetry(a, s, &e->telemetry) : !lifecycle(a, s, &e->lifecycle)) return false;
+      if (f == 10 ? !telemetry(d, s, &e->telemetry) : !lifecycle(d, s, &e->lifecycle)) return false;
       e->payload_case = (Twin__V1__Envelope__PayloadCase)f;
       break;
     default: return false;
@@ -307,8 +315,22 @@ bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twi
   return true;
 }
 
-Twin__V1__Envelope *tw_envelope_decode(tw_arena_t *a, const uint8_t *data, size_t len) {
+bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twin__V1__Envelope **out,
+                             bool *nul) {
+  dec_t d = {a, false};
+  if (!envelope(&d, data, len, out)) return false;
+  if (nul) *nul = d.nul;
+  return true;
+}
+
+Twin__V1__Envelope *tw_envelope_unpack(ProtobufCAllocator *alloc, const uint8_t *data, size_t len, int *nul) {
+  tw_arena_t *a = tw_arena_of(alloc);
   Twin__V1__Envelope *e;
-  if (tw_envelope_decode_fast(a, data, len, &e)) return e;
-  return twin__v1__envelope__unpack(&a->pb, len, data);
+  bool has_nul;
+  if (nul) *nul = -1;
+  if (a && tw_envelope_decode_fast(a, data, len, &e, &has_nul)) {
+    if (nul) *nul = has_nul;
+    return e;
+  }
+  return twin__v1__envelope__unpack(alloc, len, data);
 }

@@ -738,7 +738,7 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     if (m->len > (size_t)e->cfg->message_max_bytes) {
       snprintf(reason, sizeof reason, "message is %zu bytes, more than message.max.bytes (%lld)", m->len,
                (long long)e->cfg->message_max_bytes);
-    } else if (!(env = tw_envelope_decode(&s->arena, m->payload, m->len))) {
+    } else if (!(env = tw_envelope_unpack(&s->arena.pb, m->payload, m->len, NULL))) {
       snprintf(reason, sizeof reason, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", m->len);
     } else if (!tw_envelope_validate(env, m->key, m->key_len, reason, sizeof reason)) {
       env = NULL; /* its memory goes with the arena */
