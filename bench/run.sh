@@ -35,8 +35,8 @@ PEER_REPS=${BENCH_PEER_REPS:-$REPS}
 SEED=${BENCH_SEED:-7}
 SKIP=" ${BENCH_SKIP:-} "
 case $SCALE in
-full) PRODUCTS=100000 EVENTS=10000000 BIG_PRODUCTS=1000000 BIG_EVENTS=3000000 RATE=100000 RATE_S=30 ;;
-quick) PRODUCTS=10000 EVENTS=500000 BIG_PRODUCTS=100000 BIG_EVENTS=300000 RATE=20000 RATE_S=15 ;;
+full) PRODUCTS=100000 EVENTS=10000000 BIG_PRODUCTS=1000000 BIG_EVENTS=10000000 RATE=100000 RATE_S=30 ;;
+quick) PRODUCTS=10000 EVENTS=500000 BIG_PRODUCTS=100000 BIG_EVENTS=1000000 RATE=20000 RATE_S=15 ;;
 *) echo "bench: BENCH_SCALE must be full or quick" >&2 && exit 2 ;;
 esac
 BROKERS=${TWIN_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
@@ -93,10 +93,17 @@ phase() {
 
 # ---- helpers ------------------------------------------------------------------------
 
-# record FILE PRODUCTS EVENTS: a twin-sim stream on disk, made once per size/seed.
+# record FILE PRODUCTS EVENTS [twin-sim options]: a twin-sim stream on disk,
+# made once per size/seed.
 record() {
-  [[ -s $1 ]] || "$BIN/twin-sim" --no-kafka --seed "$SEED" --products "$2" --events "$3" --record "$1" --quiet
+  local f=$1 p=$2 e=$3
+  shift 3
+  [[ -s $f ]] || "$BIN/twin-sim" --no-kafka --seed "$SEED" --products "$p" --events "$e" --record "$f" --quiet "$@"
 }
+
+# The large fleet: every product ordered within the first 0.1 simulated
+# years, so BIG_EVENTS (10 per product) reach all of them.
+BIG_SIM=(--years 0.1)
 
 metric_sum() { # metric_sum NAME [label filter regex]: sum of the samples of a metric
   curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v n="$1" -v f="${2:-}" '
@@ -201,11 +208,11 @@ phase_core() {
 
 # ---- 3. memory per twin (reducer, no Kafka) ---------------------------------------------
 phase_memory() {
-  local big=$CACHE/core-$SEED-$BIG_PRODUCTS-$BIG_EVENTS.rec rec out
+  local big=$CACHE/core-$SEED-$BIG_PRODUCTS-$BIG_EVENTS-y0.1.rec rec out
   say "3/6 memory: heap per twin at $PRODUCTS and $BIG_PRODUCTS products"
-  record "$big" "$BIG_PRODUCTS" "$BIG_EVENTS"
+  record "$big" "$BIG_PRODUCTS" "$BIG_EVENTS" "${BIG_SIM[@]}"
+  record "$REC" "$PRODUCTS" "$EVENTS"
   for rec in "$REC" "$big"; do
-    [[ -s $rec ]] || record "$REC" "$PRODUCTS" "$EVENTS"
     out=$("$BIN/twin-bench-reducer" --record "$rec" --memory 2>/dev/null | tail -1)
     json "$out"
     read -r tw all tl wo sz < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["twins"], d["heap_bytes_per_twin"], d["timeline_bytes_per_twin"], d["bytes_per_twin_without_timeline"], d["sizeof_twin"])' "$out")
@@ -287,7 +294,7 @@ phase_engine_memory() {
   say "3/6 engine memory: $BIG_PRODUCTS twins from $BIG_EVENTS events through Kafka"
   topics "$big" 12
   "$BIN/twin-sim" --seed "$SEED" --products "$BIG_PRODUCTS" --events "$BIG_EVENTS" --brokers "$BROKERS" \
-    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet
+    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet "${BIG_SIM[@]}"
   total=$("$BIN/twin-bench-tool" count "$BROKERS" "$big.telemetry" "$big.lifecycle")
   engine_start "$db" "bench-$RUN-big" "$big.telemetry" "$big.lifecycle" 2 --set snapshot.interval.ms=600000 \
     --set snapshot.max.dirty=10000000
@@ -307,7 +314,7 @@ phase_recovery() {
   local big=bench.$RUN.rec db="bench_${RUN}_rec" total t0 t_resume twins
   topics "$big" 12
   "$BIN/twin-sim" --seed "$SEED" --products "$BIG_PRODUCTS" --events "$BIG_EVENTS" --brokers "$BROKERS" \
-    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet
+    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet "${BIG_SIM[@]}"
   engine_start "$db" "bench-$RUN-rec" "$big.telemetry" "$big.lifecycle" 2 --set snapshot.interval.ms=600000 \
     --set snapshot.max.dirty=10000000
   total=$("$BIN/twin-bench-tool" count "$BROKERS" "$big.telemetry" "$big.lifecycle")
@@ -319,7 +326,7 @@ phase_recovery() {
   while [[ $(metric_sum twin_assigned_partitions) -eq 0 ]]; do sleep 0.1; done
   engine_stop KILL
   "$BIN/twin-sim" --seed "$((SEED + 1))" --products "$BIG_PRODUCTS" --events 100000 --brokers "$BROKERS" \
-    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet
+    --telemetry-topic "$big.telemetry" --lifecycle-topic "$big.lifecycle" --quiet "${BIG_SIM[@]}"
   t0=$(now)
   engine_start "$db" "bench-$RUN-rec" "$big.telemetry" "$big.lifecycle" 2 --set snapshot.interval.ms=600000 \
     --set snapshot.max.dirty=10000000
