@@ -332,9 +332,9 @@ function timelineCard(t) {
     h('ul.legend', { 'aria-label': 'Legend' }, CATEGORIES.map(([c, l]) => h('li', {}, h(`span.dot.cat-${c}`, { 'aria-hidden': 'true' }), l)),
       h('li', {}, h('span.dot.rejected', { 'aria-hidden': 'true' }), 'Rejected (impossible event, kept with its reason)')),
     h('div.scroll', { tabindex: 0, 'aria-label': 'Timeline table, scrolls' },
-      h('table.timeline', {}, h('caption.sr-only', {}, 'Timeline, oldest first'),
+      h('table.timeline', {}, h('caption.sr-only', {}, 'Timeline, newest first; # counts from the oldest'),
         h('thead', {}, h('tr', {}, ['#', 'When', 'Event', 'Site', 'Details', 'Status'].map((c) => h('th', { scope: 'col' }, c)))),
-        h('tbody', {}, rows))));
+        h('tbody', {}, rows.reverse()))));
 }
 
 function telemetryCard(t) {
@@ -361,8 +361,10 @@ function telemetryCard(t) {
       h('tbody', {}, rows)) : h('p', {}, 'No telemetry reported yet.'));
 }
 
+const shortDateTime = (ms) => new Date(ms).toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'short' });
+
 function signalRow(key, label, value, at) {
-  return h('tr', { 'data-signal': key }, h('th', { scope: 'row' }, label), h('td.num.value', {}, value), h('td', {}, dateTime(at)));
+  return h('tr', { 'data-signal': key }, h('th', { scope: 'row' }, label), h('td.num.value', {}, value), h('td', {}, shortDateTime(at)));
 }
 
 // Tires and pads on a top view of the vehicle (front at the top).

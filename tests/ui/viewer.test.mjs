@@ -143,7 +143,8 @@ try {
   check(page.url() === `${args.base}/twins/${vin}`, `twin URL ${page.url()}`);
   check((await page.textContent('h1#twin-title')) === vin, 'twin heading');
   check((await page.textContent('[data-testid=stage]')) === STAGE_LABEL[X.stage], `stage ${await page.textContent('[data-testid=stage]')}`);
-  const rows = await page.$$eval('[data-testid=timeline] tbody tr', (trs) => trs.map((tr) => [tr.dataset.kind, tr.dataset.status, tr.textContent]));
+  // The table lists the newest first.
+  const rows = (await page.$$eval('[data-testid=timeline] tbody tr', (trs) => trs.map((tr) => [tr.dataset.kind, tr.dataset.status, tr.textContent]))).reverse();
   check(rows.length === X.timeline.length, `timeline rows ${rows.length} != ${X.timeline.length}`);
   check(rows.every((r, i) => X.timeline[i] && r[0] === X.timeline[i].kind && r[1] === X.timeline[i].status), 'timeline rows differ from the stored timeline (kind, status, order)');
   const rejected = X.timeline.filter((e) => e.status === 'rejected');
