@@ -121,7 +121,11 @@ function route() {
   for (const a of document.querySelectorAll('[data-nav]')) {
     if (a.dataset.nav === view) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
-  if (view === 'twin') showTwin(decodeURIComponent(p.slice('/twins/'.length)));
+  if (view === 'twin') {
+    let id = p.slice('/twins/'.length);
+    try { id = decodeURIComponent(id); } catch (e) { /* a malformed escape: look it up as typed */ }
+    showTwin(id);
+  }
   else if (view === 'fleet') showFleet();
   else showSearch();
 }

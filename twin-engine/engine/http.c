@@ -93,7 +93,9 @@ struct tw_http {
   atomic_bool starting;         /* MHD's log lines go to start_err too */
   char start_err[512];          /* what libmicrohttpd said while starting */
   _Atomic int64_t mongo_log_ms; /* last MongoDB error logged (rate limit) */
-  pthread_mutex_t stats_mu;     /* one /v1/stats computation at a time */
+  pthread_mutex_t stats_mu;     /* guards the three below */
+  pthread_cond_t stats_cv;      /* signalled when a computation ends */
+  bool stats_busy;              /* a /v1/stats computation is running */
   char *stats_json;             /* its last answer (owned), or NULL */
   int64_t stats_ms;             /* when it was computed (monotonic) */
 };
@@ -941,25 +943,36 @@ static bool stats_compute(tw_http_t *h, char **out, bson_error_t *e) {
   return ok;
 }
 
-/* GET /v1/stats: from a copy at most STATS_CACHE_MS old; one computation at
- * a time, so many open fleet pages cost one pass per interval. */
+/* GET /v1/stats: from a copy at most STATS_CACHE_MS old. One computation
+ * at a time, outside the lock; meanwhile other requests get the previous
+ * copy (a few seconds older) rather than wait, so a slow database holds one
+ * HTTP thread, not all of them. Only the very first requests wait. */
 static enum MHD_Result route_stats(tw_http_t *h, struct MHD_Connection *c, req_t *r) {
   pthread_mutex_lock(&h->stats_mu);
-  int64_t now = tw_mono_ms();
-  if (!h->stats_json || now - h->stats_ms >= STATS_CACHE_MS) {
+  while (!h->stats_json && h->stats_busy) pthread_cond_wait(&h->stats_cv, &h->stats_mu);
+  bool stale = !h->stats_json || tw_mono_ms() - h->stats_ms >= STATS_CACHE_MS;
+  if (stale && !h->stats_busy) {
+    h->stats_busy = true;
+    pthread_mutex_unlock(&h->stats_mu);
     char *json = NULL;
     bson_error_t e;
-    if (!stats_compute(h, &json, &e)) {
+    bool ok = stats_compute(h, &json, &e);
+    pthread_mutex_lock(&h->stats_mu);
+    h->stats_busy = false;
+    if (ok) {
+      bson_free(h->stats_json);
+      h->stats_json = json;
+      h->stats_ms = tw_mono_ms();
+    }
+    pthread_cond_broadcast(&h->stats_cv);
+    if (!ok) {
       pthread_mutex_unlock(&h->stats_mu);
       return mongo_fail(h, c, r, "GET /v1/stats", &e);
     }
-    bson_free(h->stats_json);
-    h->stats_json = json;
-    h->stats_ms = now = tw_mono_ms();
   }
   bson_string_t *s = bson_string_new(h->stats_json);
   header_t hd[2] = {{"X-Twin-Source", "mongodb"}, {"Age", ""}};
-  snprintf(hd[1].value, sizeof hd[1].value, "%lld", (long long)((now - h->stats_ms) / 1000));
+  snprintf(hd[1].value, sizeof hd[1].value, "%lld", (long long)((tw_mono_ms() - h->stats_ms) / 1000));
   pthread_mutex_unlock(&h->stats_mu);
   return reply_json(c, r, 200, s, hd, 2);
 }
@@ -1305,6 +1318,7 @@ tw_http_t *tw_http_start(const tw_config_t *cfg, const tw_http_engine_t *engine,
   tw_http_t *h = tw_xcalloc(1, sizeof *h);
   pthread_mutex_init(&h->stats.mu, NULL);
   pthread_mutex_init(&h->stats_mu, NULL);
+  pthread_cond_init(&h->stats_cv, NULL);
   atomic_init(&h->in_flight, 0);
   if (engine) h->engine = *engine;
   if (strcmp(cfg->http_listen, "off") == 0) {
@@ -1432,6 +1446,7 @@ void tw_http_stop(tw_http_t *h) {
   free(h->database);
   pthread_mutex_destroy(&h->stats.mu);
   pthread_mutex_destroy(&h->stats_mu);
+  pthread_cond_destroy(&h->stats_cv);
   bson_free(h->stats_json);
   free(h);
 }
