@@ -447,7 +447,7 @@ function bars(items, testid) {
   const max = Math.max(1, ...items.map((i) => i.count));
   return h('ul.bars', { 'data-testid': testid }, items.map((i) => h('li', { 'data-key': i.key },
     h('span.bar-label', {}, i.href ? link(i.href, i.label) : i.label, i.badge ? [' ', i.badge] : null),
-    h('span.bar-track', { 'aria-hidden': 'true' }, h('span.bar', { style: null, 'data-w': String(i.count / max) })),
+    h('span.bar-track', { 'aria-hidden': 'true' }, h('span.bar', { 'data-w': String(i.count / max) })),
     h('span.count.num', {}, nf(0).format(i.count)))));
 }
 
