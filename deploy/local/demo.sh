@@ -98,3 +98,4 @@ echo "-- the latest 10"
 "$BIN/twinctl" alerts --dedupe --limit 10
 echo
 echo "demo: done. Logs in $LOGS. More: build/bin/twinctl --help; stop the stack with deploy/local/stack.sh down"
+echo "demo: to look at the twins in a browser, run build/bin/twin-engine run and open http://127.0.0.1:8080/ (the twin viewer)"

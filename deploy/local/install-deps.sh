@@ -24,6 +24,9 @@ PACKAGES=(
   python3-prometheus-client
   # YAML parser of the deployment files check (tests/deploy/validate_deploy.py).
   python3-yaml
+  # the twin viewer's browser test (tests/ui, test_ui): headless Chromium,
+  # driven by playwright-core from npm (tests/ui/install.sh).
+  chromium
 )
 
 missing=()

@@ -134,6 +134,7 @@ FILTERS = {
     "recall": lambda d, v: v in (d.get("open_recalls") or []),
     "dtc": lambda d, v: v in (d.get("active_dtcs") or []),
     "brake_below": lambda d, v: isinstance(d.get("min_brake_pad_mm"), (int, float)) and d["min_brake_pad_mm"] < float(v),
+    "prefix": lambda d, v: d["_id"].startswith(v),
 }
 
 
@@ -324,6 +325,11 @@ def mode_main(a, validator):
     # Values are only ever strings: operator-looking input matches nothing.
     cases += [{"owner": '{"$ne":1}'}, {"owner": "$ne"}, {"site": '{"$exists":true}'}, {"dtc": '{"$gt":""}'},
               {"recall": "[]"}]
+    # prefix: ids that start with it (the viewer's VIN search), with paging and other filters.
+    cases += [{"prefix": engine_ids[0][:9]}, {"prefix": engine_ids[0][:3]}, {"prefix": engine_ids[0]},
+              {"prefix": "ZZ-HTTP"}, {"prefix": "HTTP/DB only \u00df"}, {"prefix": "HTTP/DB only \u00e0"},
+              {"prefix": engine_ids[0][:3], "stage": "IN_SERVICE"}, {"prefix": "NO-SUCH-PREFIX"}, {"prefix": ".*"},
+              {"prefix": '{"$gt":""}'}]
     nonempty = 0
     for params in cases:
         want = expected_ids(docs, params)
@@ -334,6 +340,9 @@ def mode_main(a, validator):
             check(all(FILTERS[k](it, v) for k, v in params.items()), f"filter {params}: item {it['_id']} does not match")
     check(nonempty >= 10, f"only {nonempty} filter cases had results")
     print(f"{len(cases)} filter cases, {nonempty} with results")
+
+    check_stats(c, tok, docs)
+    check_viewer_files(c)
 
     # -- bad requests
     mx = MAX_LIMIT(a)
@@ -356,8 +365,9 @@ def mode_main(a, validator):
     body, _ = c.json("/v1/twins/" + "A" * 256, tok, want=404)  # 256 bytes is allowed
     body, _ = c.json(f"/v1/twins?limit={mx}", tok)
     check(body and body["limit"] == mx, f"limit={mx} (the maximum) is allowed")
-    for path in ("/", "/v1", "/v1/twin", "/v2/twins", "/v1/twins/x/y", "/v1/twins/x/timeline/", "/metrics/x",
-                 "/healthz/", "/v1/twins/x/TIMELINE"):
+    for path in ("/v1", "/v1/twin", "/v2/twins", "/v1/twins/x/y", "/v1/twins/x/timeline/", "/metrics/x",
+                 "/healthz/", "/v1/twins/x/TIMELINE", "/v1/stats/x", "/twins/", "/twins/x/y", "/fleet/", "/ui/",
+                 "/ui/nope.js", "/ui/index.html", "/ui/../index.html", "/index.html"):
         expect_error(c, "GET", path, 404, tok)
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
         for path in ("/v1/twins", "/v1/twins/" + q(engine_ids[0]), "/metrics", "/healthz"):
@@ -390,7 +400,8 @@ def mode_main(a, validator):
         seen = {(s.labels["route"], s.labels["code"]): s.value for s in fams["twin_http_requests"].samples if s.name.endswith("_total")}
         for key in (("/v1/twins", "200"), ("/v1/twins", "400"), ("/v1/twins/{id}", "200"), ("/v1/twins/{id}", "404"),
                     ("/v1/twins/{id}/timeline", "200"), ("/v1/twins", "401"), ("/healthz", "200"), ("/readyz", "200"),
-                    ("other", "404"), ("/v1/twins", "405"), ("/v1/twins", "413")):
+                    ("other", "404"), ("/v1/twins", "405"), ("/v1/twins", "413"), ("/v1/stats", "200"),
+                    ("/v1/stats", "401"), ("viewer", "200"), ("viewer", "304")):
             check(seen.get(key, 0) >= 1, f"twin_http_requests_total{{route={key[0]},code={key[1]}}} missing: {sorted(seen)}")
     check("twin_http_request_duration_seconds" in fams, "no request duration histogram")
     check(len(fams) > 3, f"only {len(fams)} metric families (the engine's are missing?)")
@@ -398,6 +409,96 @@ def mode_main(a, validator):
         check(t not in text, "/metrics shows a token")
     print(f"/metrics: {len(fams)} families")
     print(f"keep-alive: {c.connects} connections for all requests")
+
+
+SOH_EDGES = [80, 82, 84, 86, 88, 90, 92, 94, 96, 98]
+STAGES = ["NONE", "ORDERED", "IN_PRODUCTION", "BUILT", "IN_TRANSIT", "AT_DEALER", "IN_SERVICE", "DECOMMISSIONED"]
+
+
+def check_stats(c, tok, docs):
+    """/v1/stats against figures counted here from the stored documents."""
+    expect_error(c, "GET", "/v1/stats", 401, must_contain="bearer token")
+    expect_error(c, "GET", "/v1/stats?limit=3", 400, tok, "limit")
+    body, hdr = c.json("/v1/stats", tok)
+    if body is None:
+        return
+    check(hdr.get("x-twin-source") == "mongodb" and re.fullmatch(r"\d+", hdr.get("age", "")) is not None,
+          f"/v1/stats headers: source {hdr.get('x-twin-source')} age {hdr.get('age')}")
+    check(list(body) == ["twins", "by_stage", "alerts_active", "alerts_by_rule", "battery_soh", "brake_service_soonest",
+                         "computed_at"], f"/v1/stats keys {list(body)}")
+    check(body.get("twins") == len(docs), f"stats twins {body.get('twins')} != {len(docs)} stored")
+    want_stage = {s: sum(d["stage"] == s for d in docs) for s in STAGES}
+    check(body.get("by_stage") == want_stage, f"stats by_stage {body.get('by_stage')} != {want_stage}")
+    rules = {}
+    for d in docs:
+        for al in d["alerts"]["active"]:
+            rules.setdefault(al["rule"], [al["severity"], 0])[1] += 1
+    want_rules = sorted(({"rule": r, "severity": v[0], "count": v[1]} for r, v in rules.items()),
+                        key=lambda x: (-x["count"], x["rule"]))
+    check(body.get("alerts_by_rule") == want_rules, f"stats alerts_by_rule {body.get('alerts_by_rule')} != {want_rules}")
+    check(body.get("alerts_active") == sum(v[1] for v in rules.values()), f"stats alerts_active {body.get('alerts_active')}")
+    check(len(rules) >= 2, f"fixture has only {len(rules)} alert rules active")
+    bins = [0] * (len(SOH_EDGES) + 1)
+    none = 0
+    for d in docs:
+        v = d["battery_health"]["soh_pct"]
+        if not isinstance(v, (int, float)):
+            none += 1
+            continue
+        bins[sum(v >= e for e in SOH_EDGES)] += 1
+    edges = [None] + SOH_EDGES + [None]
+    want_bins = [{"from": edges[i], "to": edges[i + 1], "count": bins[i]} for i in range(len(bins))]
+    got = body.get("battery_soh", {})
+    check(got.get("unit") == "%" and got.get("bins") == want_bins and got.get("no_data") == none,
+          f"stats battery_soh {got} != bins {want_bins}, no_data {none}")
+    check(sum(bins) >= 30 and sum(1 for b in bins if b) >= 3, f"battery fixture too narrow: {bins}")
+    pred = sorted((al["predicted_at_ms"], d["_id"], d) for d in docs for al in d["alerts"]["active"]
+                  if al["rule"] == "brake_wear_predicted" and al["predicted_at_ms"])
+    want_brake = [{"product_id": i, "model": d["model"], "owner": d["owner"], "predicted_at_ms": p,
+                   "min_brake_pad_mm": d["min_brake_pad_mm"]} for p, i, d in pred[:10]]
+    check(body.get("brake_service_soonest") == want_brake,
+          f"stats brake_service_soonest {body.get('brake_service_soonest')} != {want_brake}")
+    check(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body.get("computed_at", "")) is not None,
+          f"stats computed_at {body.get('computed_at')}")
+    print(f"/v1/stats: {body['twins']} twins, {len(want_rules)} rules, bins {bins}, {len(want_brake)} brake predictions")
+
+
+def check_viewer_files(c):
+    """The viewer's built-in files: no token, types, ETag revalidation, CSP, nothing external."""
+    pages = {}
+    for path in ("/", "/fleet", "/twins/W1TEST", "/twins/" + q("HTTP/DB only \u00df"), "/?by=vin&q=W1"):
+        st, hdr, data = c.get(path)  # no token: the page holds no data
+        check(st == 200 and hdr.get("content-type") == "text/html; charset=utf-8", f"GET {path}: {st} {hdr.get('content-type')}")
+        check("script-src 'self'" in hdr.get("content-security-policy", "") and hdr.get("x-frame-options") == "DENY",
+              f"GET {path}: CSP {hdr.get('content-security-policy')}")
+        check(hdr.get("cache-control") == "no-cache" and re.fullmatch(r'"[0-9a-f]{20}"', hdr.get("etag", "")) is not None,
+              f"GET {path}: cache-control {hdr.get('cache-control')} etag {hdr.get('etag')}")
+        pages[path] = (hdr.get("etag"), data)
+    check(len({v for v in pages.values()}) == 1, "the page routes serve different documents")
+    html = pages["/"][1].decode()
+    assets = re.findall(r'(?:src|href)="(/ui/[^"]+)"', html)
+    check(set(assets) >= {"/ui/app.js", "/ui/app.css", "/ui/icon.svg"}, f"page references {assets}")
+    types = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+    for path in assets:
+        st, hdr, data = c.get(path)
+        ext = path[path.rfind("."):]
+        check(st == 200 and hdr.get("content-type") == types[ext] and len(data) > 100, f"GET {path}: {st} {hdr.get('content-type')}")
+        etag = hdr.get("etag")
+        st, hdr2, data2 = c.get(path, headers={"If-None-Match": etag})
+        check(st == 304 and data2 == b"" and hdr2.get("etag") == etag, f"GET {path} If-None-Match: {st} {data2[:50]!r}")
+        st, _, data3 = c.get(path, headers={"If-None-Match": '"0000"'})
+        check(st == 200 and data3 == data, f"GET {path} with a stale ETag: {st}")
+        st, hdr, data4 = c.request("HEAD", path)
+        check(st == 200 and data4 == b"" and int(hdr.get("content-length", "0")) == len(data), f"HEAD {path}: {st}")
+        text = data.decode()
+        # Nothing loaded from elsewhere: the only absolute URL is the SVG namespace name.
+        external = [u for u in re.findall(r"https?://[^\s'\")]+", text) if u != "http://www.w3.org/2000/svg"]
+        check(not external, f"{path} names external URLs: {external[:3]}")
+    check(not [u for u in re.findall(r"https?://[^\s'\")]+", html)], "index.html names external URLs")
+    for method in ("POST", "DELETE"):
+        hdr = expect_error(c, method, "/", 405, body=b"{}" if method == "POST" else None)
+        check(hdr.get("allow") == "GET, HEAD", f"{method} /: Allow {hdr.get('allow')}")
+    print(f"viewer: {len(pages)} page routes, {len(assets)} files")
 
 
 def mode_live(a, validator):

@@ -6,7 +6,10 @@
  *   /v1/twins/{id}/timeline  its lifecycle history, oldest first
  *   /v1/twins?filters        a page of stored twins, sorted by _id, cursor paging
  *   /metrics                 the engine's metrics plus the server's own
+ *   /v1/stats                fleet figures for the viewer's fleet page
  *   /healthz, /readyz        probes (never behind the bearer tokens)
+ *   /, /fleet, /twins/{id}, /ui/<file>   the twin viewer (web/, built in; no
+ *                            data in it, so no token: its API calls need one)
  *
  * The request target is parsed here from the raw URI (libmicrohttpd's
  * decoded copy would turn %2F into a path separator and %00 into an end of
@@ -36,6 +39,7 @@
 #include "twin/log.h"
 #include "twin/twin.h"
 #include "util.h"
+#include "web.h"
 
 #define MAX_URI 8192              /* longer request targets: 414 */
 #define MAX_QUERY 4096            /* longer query strings: 414 */
@@ -46,14 +50,19 @@
 #define CONN_MEMORY (64u * 1024u) /* per-connection buffer: request line and headers */
 #define DEFAULT_LIMIT 50          /* page size when limit= is not given */
 #define MONGO_SELECT_TIMEOUT_MS 5000
+#define STATS_CACHE_MS 5000 /* /v1/stats answers from a copy at most this old */
+#define STATS_BRAKE_TOP 10  /* products listed by soonest predicted brake service */
 
 /* ---- Server state ---------------------------------------------------------- */
 
-enum { R_TWIN, R_TIMELINE, R_LIST, R_METRICS, R_HEALTHZ, R_READYZ, R_OTHER, N_ROUTES };
-static const char *const ROUTE_LABEL[N_ROUTES] = {
-    "/v1/twins/{id}", "/v1/twins/{id}/timeline", "/v1/twins", "/metrics", "/healthz", "/readyz", "other"};
+enum { R_TWIN, R_TIMELINE, R_LIST, R_METRICS, R_HEALTHZ, R_READYZ, R_STATS, R_WEB, R_OTHER, N_ROUTES };
+static const char *const ROUTE_LABEL[N_ROUTES] = {"/v1/twins/{id}", "/v1/twins/{id}/timeline",
+                                                  "/v1/twins",      "/metrics",
+                                                  "/healthz",       "/readyz",
+                                                  "/v1/stats",      "viewer",
+                                                  "other"};
 
-static const int CODES[] = {200, 400, 401, 404, 405, 413, 414, 429, 500, 503};
+static const int CODES[] = {200, 304, 400, 401, 404, 405, 413, 414, 429, 500, 503};
 #define N_CODES (sizeof CODES / sizeof CODES[0] + 1) /* the last slot: any other code */
 
 static const double BUCKETS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -106,6 +115,11 @@ struct tw_http {
   char start_err[512];          /* what libmicrohttpd said while starting */
   _Atomic int64_t mongo_log_ms; /* last MongoDB error logged (rate limit) */
   rate_t rate;
+  pthread_mutex_t stats_mu; /* guards the three below */
+  pthread_cond_t stats_cv;  /* signalled when a computation ends */
+  bool stats_busy;          /* a /v1/stats computation is running */
+  char *stats_json;         /* its last answer (owned), or NULL */
+  int64_t stats_ms;         /* when it was computed (monotonic) */
 };
 
 /* One request, from its URI to its completion (MHD's con_cls). */
@@ -619,9 +633,10 @@ static enum MHD_Result route_twin(tw_http_t *h, struct MHD_Connection *c, req_t 
   return reply_json(c, r, 200, s, hd, n_hd);
 }
 
-static const char *const LIST_PARAMS = "stage, owner, site, alert, recall, dtc, brake_below, limit, after";
+static const char *const LIST_PARAMS =
+    "prefix, stage, owner, site, alert, recall, dtc, brake_below, limit, after";
 
-/* GET /v1/twins?stage=&owner=&site=&alert=&recall=&dtc=&brake_below=&limit=&after= */
+/* GET /v1/twins?prefix=&stage=&owner=&site=&alert=&recall=&dtc=&brake_below=&limit=&after= */
 static enum MHD_Result route_list(tw_http_t *h, struct MHD_Connection *c, req_t *r, const params_t *p) {
   /* Filters and the fields they match, as twinctl list has them. */
   static const char *const str_filters[][2] = {{"stage", "stage"},         {"owner", "owner"},
@@ -629,13 +644,14 @@ static enum MHD_Result route_list(tw_http_t *h, struct MHD_Connection *c, req_t 
                                                {"recall", "open_recalls"}, {"dtc", "active_dtcs"}};
   bson_t filter = BSON_INITIALIZER;
   int64_t limit = DEFAULT_LIMIT;
-  const char *after = NULL;
+  const char *after = NULL, *prefix = NULL;
   double brake_below = NAN;
   for (int i = 0; i < p->n; i++) {
     const char *name = p->v[i].name, *v = p->v[i].value;
     size_t k = 0;
     while (k < 6 && strcmp(str_filters[k][0], name) != 0) k++;
-    bool known = k < 6 || !strcmp(name, "limit") || !strcmp(name, "after") || !strcmp(name, "brake_below");
+    bool known = k < 6 || !strcmp(name, "limit") || !strcmp(name, "after") || !strcmp(name, "brake_below") ||
+                 !strcmp(name, "prefix");
     if (!known) {
       bson_destroy(&filter);
       return fail(c, r, 400, "unknown query parameter '%.*s' (allowed: %s)", Q(name), LIST_PARAMS);
@@ -672,6 +688,8 @@ static enum MHD_Result route_list(tw_http_t *h, struct MHD_Connection *c, req_t 
       limit = x;
     } else if (!strcmp(name, "after")) {
       after = v;
+    } else if (!strcmp(name, "prefix")) {
+      prefix = v;
     } else {
       char *end;
       errno = 0;
@@ -689,11 +707,19 @@ static enum MHD_Result route_list(tw_http_t *h, struct MHD_Connection *c, req_t 
     BSON_APPEND_DOUBLE(&lt, "$lt", brake_below);
     bson_append_document_end(&filter, &lt);
   }
-  if (after) {
-    bson_t gt;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &gt);
-    BSON_APPEND_UTF8(&gt, "$gt", after);
-    bson_append_document_end(&filter, &gt);
+  if (after || prefix) {
+    bson_t range;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &range);
+    if (after) BSON_APPEND_UTF8(&range, "$gt", after);
+    if (prefix) {
+      /* Ids starting with prefix: [prefix, prefix + U+10FFFF), compared
+       * byte-wise as MongoDB compares strings; uses the _id index. */
+      char upper[MAX_ID + 8];
+      snprintf(upper, sizeof upper, "%s\xf4\x8f\xbf\xbf", prefix);
+      BSON_APPEND_UTF8(&range, "$gte", prefix);
+      BSON_APPEND_UTF8(&range, "$lt", upper);
+    }
+    bson_append_document_end(&filter, &range);
   }
   /* One more than asked: tells whether a next page exists. */
   bson_t opts = BSON_INITIALIZER, sort;
@@ -767,6 +793,289 @@ static enum MHD_Result route_readyz(tw_http_t *h, struct MHD_Connection *c, req_
   return fail(c, r, 503, "not ready: %s", why[0] ? why : "starting");
 }
 
+/* ---- Fleet figures (/v1/stats) ------------------------------------------- */
+
+/* Battery state-of-health histogram, %: bin 0 is below SOH_EDGES[0], bin i
+ * is [SOH_EDGES[i-1], SOH_EDGES[i]), the last one is the last edge and up.
+ * 80 % is the battery_health_low threshold. */
+static const double SOH_EDGES[] = {80, 82, 84, 86, 88, 90, 92, 94, 96, 98};
+#define N_SOH_BINS (sizeof SOH_EDGES / sizeof SOH_EDGES[0] + 1)
+
+typedef struct {
+  char *rule, *severity;
+  int64_t n;
+} rule_count_t;
+
+typedef struct {
+  int64_t predicted_ms;
+  char *id, *model, *owner;
+  double pad_mm; /* NAN: not reported */
+} brake_item_t;
+
+typedef struct {
+  int64_t twins, by_stage[TW_STAGE_COUNT], soh_bins[N_SOH_BINS], soh_none, alerts;
+  rule_count_t *rules;
+  size_t n_rules;
+  brake_item_t brake[STATS_BRAKE_TOP + 1];
+  size_t n_brake;
+} fleet_stats_t;
+
+static const char *doc_str(const bson_t *doc, const char *path) {
+  bson_iter_t it, d;
+  if (bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &d) && BSON_ITER_HOLDS_UTF8(&d))
+    return bson_iter_utf8(&d, NULL);
+  return NULL;
+}
+
+static bool iter_num(const bson_iter_t *it, double *out) {
+  if (!BSON_ITER_HOLDS_NUMBER(it)) return false;
+  *out = bson_iter_as_double(it);
+  return isfinite(*out);
+}
+
+static bool doc_num(const bson_t *doc, const char *path, double *out) {
+  bson_iter_t it, d;
+  return bson_iter_init(&it, doc) && bson_iter_find_descendant(&it, path, &d) && iter_num(&d, out);
+}
+
+/* Keeps the STATS_BRAKE_TOP soonest predictions, soonest first (ties by id). */
+static void brake_offer(fleet_stats_t *fs, const bson_t *doc, int64_t predicted_ms) {
+  const char *id = doc_str(doc, "_id");
+  if (!id) return;
+  size_t k = fs->n_brake;
+  while (k > 0 && (fs->brake[k - 1].predicted_ms > predicted_ms ||
+                   (fs->brake[k - 1].predicted_ms == predicted_ms && strcmp(fs->brake[k - 1].id, id) > 0)))
+    k--;
+  if (k == STATS_BRAKE_TOP) return;
+  if (fs->n_brake == STATS_BRAKE_TOP) { /* drop the latest */
+    brake_item_t *last = &fs->brake[STATS_BRAKE_TOP - 1];
+    free(last->id), free(last->model), free(last->owner);
+    fs->n_brake--;
+  }
+  memmove(&fs->brake[k + 1], &fs->brake[k], (fs->n_brake - k) * sizeof fs->brake[0]);
+  brake_item_t *b = &fs->brake[k];
+  const char *model = doc_str(doc, "model"), *owner = doc_str(doc, "owner");
+  b->predicted_ms = predicted_ms;
+  b->id = tw_xstrdup(id);
+  b->model = model ? tw_xstrdup(model) : NULL;
+  b->owner = owner ? tw_xstrdup(owner) : NULL;
+  if (!doc_num(doc, "min_brake_pad_mm", &b->pad_mm)) b->pad_mm = NAN;
+  fs->n_brake++;
+}
+
+static void stats_add(fleet_stats_t *fs, const bson_t *doc) {
+  fs->twins++;
+  tw_stage_t st;
+  const char *stage = doc_str(doc, "stage");
+  if (stage && tw_stage_parse(stage, &st)) fs->by_stage[st]++;
+  double soh;
+  if (doc_num(doc, "battery_health.soh_pct", &soh)) {
+    size_t b = 0;
+    while (b < N_SOH_BINS - 1 && soh >= SOH_EDGES[b]) b++;
+    fs->soh_bins[b]++;
+  } else {
+    fs->soh_none++;
+  }
+  bson_iter_t it, arr, al;
+  if (!bson_iter_init(&it, doc) || !bson_iter_find_descendant(&it, "alerts.active", &arr) ||
+      !BSON_ITER_HOLDS_ARRAY(&arr) || !bson_iter_recurse(&arr, &al))
+    return;
+  while (bson_iter_next(&al)) {
+    if (!BSON_ITER_HOLDS_DOCUMENT(&al)) continue;
+    const char *rule = NULL, *sev = "";
+    int64_t pred = 0;
+    bson_iter_t a;
+    bson_iter_recurse(&al, &a);
+    while (bson_iter_next(&a)) {
+      const char *k = bson_iter_key(&a);
+      if (!strcmp(k, "rule") && BSON_ITER_HOLDS_UTF8(&a)) rule = bson_iter_utf8(&a, NULL);
+      if (!strcmp(k, "severity") && BSON_ITER_HOLDS_UTF8(&a)) sev = bson_iter_utf8(&a, NULL);
+      if (!strcmp(k, "predicted_at_ms") && BSON_ITER_HOLDS_INT(&a)) pred = bson_iter_as_int64(&a);
+    }
+    if (!rule) continue;
+    fs->alerts++;
+    size_t r = 0;
+    while (r < fs->n_rules && strcmp(fs->rules[r].rule, rule) != 0) r++;
+    if (r == fs->n_rules) {
+      fs->rules = tw_xrealloc(fs->rules, (r + 1) * sizeof *fs->rules);
+      fs->rules[r] = (rule_count_t){tw_xstrdup(rule), tw_xstrdup(sev), 0};
+      fs->n_rules++;
+    }
+    fs->rules[r].n++;
+    if (!strcmp(rule, "brake_wear_predicted") && pred > 0) brake_offer(fs, doc, pred);
+  }
+}
+
+static void stats_free(fleet_stats_t *fs) {
+  for (size_t i = 0; i < fs->n_rules; i++) free(fs->rules[i].rule), free(fs->rules[i].severity);
+  free(fs->rules);
+  for (size_t i = 0; i < fs->n_brake; i++)
+    free(fs->brake[i].id), free(fs->brake[i].model), free(fs->brake[i].owner);
+}
+
+static int rule_cmp(const void *a, const void *b) {
+  const rule_count_t *x = a, *y = b;
+  if (x->n != y->n) return x->n > y->n ? -1 : 1;
+  return strcmp(x->rule, y->rule);
+}
+
+static void json_str_or_null(bson_string_t *s, const char *v) {
+  if (v)
+    json_str(s, v);
+  else
+    bson_string_append(s, "null");
+}
+
+static char *stats_json(fleet_stats_t *fs) {
+  char when[40];
+  iso_ms((int64_t)time(NULL) * 1000, when, sizeof when);
+  bson_string_t *s = bson_string_new("{\"twins\": ");
+  bson_string_append_printf(s, "%lld, \"by_stage\": {", (long long)fs->twins);
+  for (int i = 0; i < TW_STAGE_COUNT; i++)
+    bson_string_append_printf(s, "%s\"%s\": %lld", i ? ", " : "", tw_stage_name((tw_stage_t)i),
+                              (long long)fs->by_stage[i]);
+  bson_string_append_printf(s, "}, \"alerts_active\": %lld, \"alerts_by_rule\": [", (long long)fs->alerts);
+  qsort(fs->rules, fs->n_rules, sizeof *fs->rules, rule_cmp);
+  for (size_t i = 0; i < fs->n_rules; i++) {
+    bson_string_append(s, i ? ", {\"rule\": " : "{\"rule\": ");
+    json_str(s, fs->rules[i].rule);
+    bson_string_append(s, ", \"severity\": ");
+    json_str(s, fs->rules[i].severity);
+    bson_string_append_printf(s, ", \"count\": %lld}", (long long)fs->rules[i].n);
+  }
+  bson_string_append(s, "], \"battery_soh\": {\"unit\": \"%\", \"bins\": [");
+  for (size_t b = 0; b < N_SOH_BINS; b++) {
+    bson_string_append(s, b ? ", {\"from\": " : "{\"from\": ");
+    if (b)
+      bson_string_append_printf(s, "%g", SOH_EDGES[b - 1]);
+    else
+      bson_string_append(s, "null");
+    if (b < N_SOH_BINS - 1)
+      bson_string_append_printf(s, ", \"to\": %g", SOH_EDGES[b]);
+    else
+      bson_string_append(s, ", \"to\": null");
+    bson_string_append_printf(s, ", \"count\": %lld}", (long long)fs->soh_bins[b]);
+  }
+  bson_string_append_printf(s, "], \"no_data\": %lld}, \"brake_service_soonest\": [",
+                            (long long)fs->soh_none);
+  for (size_t i = 0; i < fs->n_brake; i++) {
+    const brake_item_t *b = &fs->brake[i];
+    bson_string_append(s, i ? ", {\"product_id\": " : "{\"product_id\": ");
+    json_str(s, b->id);
+    bson_string_append(s, ", \"model\": ");
+    json_str_or_null(s, b->model);
+    bson_string_append(s, ", \"owner\": ");
+    json_str_or_null(s, b->owner);
+    bson_string_append_printf(
+        s, ", \"predicted_at_ms\": %lld, \"min_brake_pad_mm\": ", (long long)b->predicted_ms);
+    if (isnan(b->pad_mm))
+      bson_string_append(s, "null");
+    else
+      bson_string_append_printf(s, "%.17g", b->pad_mm);
+    bson_string_append_c(s, '}');
+  }
+  bson_string_append(s, "], \"computed_at\": ");
+  json_str(s, when);
+  bson_string_append_c(s, '}');
+  return bson_string_free(s, false);
+}
+
+/* One pass over the twins collection, reading only the fields the figures
+ * need. Not an aggregation: FerretDB 1.24 has no $bucket, $facet, $cond or
+ * $floor, and groups $unwind-ed nested fields under null, so the figures
+ * are counted here, the same way on MongoDB and FerretDB. */
+static bool stats_compute(tw_http_t *h, char **out, bson_error_t *e) {
+  fleet_stats_t fs = {0};
+  bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER, proj;
+  BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+  static const char *const fields[] = {"stage",
+                                       "model",
+                                       "owner",
+                                       "battery_health.soh_pct",
+                                       "min_brake_pad_mm",
+                                       "alerts.active.rule",
+                                       "alerts.active.severity",
+                                       "alerts.active.predicted_at_ms"};
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) BSON_APPEND_INT32(&proj, fields[i], 1);
+  bson_append_document_end(&opts, &proj);
+  mongoc_client_t *cl = mongoc_client_pool_pop(h->pool);
+  mongoc_collection_t *col = mongoc_client_get_collection(cl, h->database, "twins");
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, &filter, &opts, NULL);
+  const bson_t *doc;
+  while (mongoc_cursor_next(cur, &doc)) stats_add(&fs, doc);
+  bool ok = !mongoc_cursor_error(cur, e);
+  mongoc_cursor_destroy(cur);
+  mongoc_collection_destroy(col);
+  mongoc_client_pool_push(h->pool, cl);
+  bson_destroy(&filter);
+  bson_destroy(&opts);
+  *out = ok ? stats_json(&fs) : NULL;
+  stats_free(&fs);
+  return ok;
+}
+
+/* GET /v1/stats: from a copy at most STATS_CACHE_MS old. One computation
+ * at a time, outside the lock; meanwhile other requests get the previous
+ * copy (a few seconds older) rather than wait, so a slow database holds one
+ * HTTP thread, not all of them. Only the very first requests wait. */
+static enum MHD_Result route_stats(tw_http_t *h, struct MHD_Connection *c, req_t *r) {
+  pthread_mutex_lock(&h->stats_mu);
+  while (!h->stats_json && h->stats_busy) pthread_cond_wait(&h->stats_cv, &h->stats_mu);
+  bool stale = !h->stats_json || tw_mono_ms() - h->stats_ms >= STATS_CACHE_MS;
+  if (stale && !h->stats_busy) {
+    h->stats_busy = true;
+    pthread_mutex_unlock(&h->stats_mu);
+    char *json = NULL;
+    bson_error_t e;
+    bool ok = stats_compute(h, &json, &e);
+    pthread_mutex_lock(&h->stats_mu);
+    h->stats_busy = false;
+    if (ok) {
+      bson_free(h->stats_json);
+      h->stats_json = json;
+      h->stats_ms = tw_mono_ms();
+    }
+    pthread_cond_broadcast(&h->stats_cv);
+    if (!ok) {
+      pthread_mutex_unlock(&h->stats_mu);
+      return mongo_fail(h, c, r, "GET /v1/stats", &e);
+    }
+  }
+  bson_string_t *s = bson_string_new(h->stats_json);
+  header_t hd[2] = {{"X-Twin-Source", "mongodb"}, {"Age", ""}};
+  snprintf(hd[1].value, sizeof hd[1].value, "%lld", (long long)((tw_mono_ms() - h->stats_ms) / 1000));
+  pthread_mutex_unlock(&h->stats_mu);
+  return reply_json(c, r, 200, s, hd, 2);
+}
+
+/* ---- The viewer's files ---------------------------------------------------- */
+
+/* Built-in files: revalidated with their ETag on every use (no-cache), so
+ * an upgraded engine's page is never mixed with an old script. */
+static enum MHD_Result route_web(struct MHD_Connection *c, req_t *r, const tw_web_asset_t *a) {
+  const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
+  bool fresh = inm && (strstr(inm, a->etag) || !strcmp(inm, "*"));
+  struct MHD_Response *resp =
+      fresh ? MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT)
+            : MHD_create_response_from_buffer(a->len, (void *)a->data, MHD_RESPMEM_PERSISTENT);
+  if (!resp) return MHD_NO;
+  if (!fresh) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->type);
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, a->etag);
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+  MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+  MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+  /* Only this server's own files and API; no inline script. */
+  MHD_add_response_header(resp, "Content-Security-Policy",
+                          "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                          "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'");
+  int code = fresh ? 304 : 200;
+  enum MHD_Result ok = MHD_queue_response(c, (unsigned)code, resp);
+  MHD_destroy_response(resp);
+  r->code = code;
+  return ok;
+}
+
 /* ---- Dispatch -------------------------------------------------------------- */
 
 static bool has_body(struct MHD_Connection *c) {
@@ -788,6 +1097,7 @@ static enum MHD_Result dispatch(tw_http_t *h, struct MHD_Connection *c, req_t *r
   /* Route on the raw path; decode the product_id segment alone. */
   const char *seg = NULL;
   size_t seg_len = 0;
+  const tw_web_asset_t *asset = NULL;
   if (!strcmp(path, "/v1/twins")) {
     r->route = R_LIST;
   } else if (!strncmp(path, "/v1/twins/", 10)) {
@@ -804,11 +1114,15 @@ static enum MHD_Result dispatch(tw_http_t *h, struct MHD_Connection *c, req_t *r
     r->route = R_HEALTHZ;
   } else if (!strcmp(path, "/readyz")) {
     r->route = R_READYZ;
+  } else if (!strcmp(path, "/v1/stats")) {
+    r->route = R_STATS;
+  } else if ((asset = tw_web_find(path))) {
+    r->route = R_WEB;
   }
   if (r->route == R_OTHER)
     return fail(c, r, 404,
                 "no such route (routes: /v1/twins, /v1/twins/{product_id}, /v1/twins/{product_id}/timeline, "
-                "/metrics, /healthz, /readyz)");
+                "/v1/stats, /metrics, /healthz, /readyz; the viewer: /, /fleet, /twins/{product_id})");
   if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
     header_t allow = {MHD_HTTP_HEADER_ALLOW, "GET, HEAD"};
     return fail_h(c, r, 405, &allow, 1, "method %.*s is not allowed: this API is read-only (GET, HEAD)",
@@ -825,7 +1139,9 @@ static enum MHD_Result dispatch(tw_http_t *h, struct MHD_Connection *c, req_t *r
                   "too many requests from this address (http.rate.limit = %g per second, burst %g)",
                   h->rate.per_s, h->rate.burst);
   }
-  if (r->route != R_HEALTHZ && r->route != R_READYZ && !authorized(h, c, r, &res)) return res;
+  /* The viewer's files hold no data; every API call the page makes is checked. */
+  if (r->route != R_HEALTHZ && r->route != R_READYZ && r->route != R_WEB && !authorized(h, c, r, &res))
+    return res;
   if (r->body_seen || has_body(c)) return fail(c, r, 413, "request bodies are not accepted");
   if (strlen(query) > MAX_QUERY)
     return fail(c, r, 414, "the query string is longer than %d bytes", MAX_QUERY);
@@ -834,6 +1150,7 @@ static enum MHD_Result dispatch(tw_http_t *h, struct MHD_Connection *c, req_t *r
   case R_HEALTHZ: return reply_json(c, r, 200, bson_string_new("{\"status\": \"ok\"}"), NULL, 0);
   case R_READYZ: return route_readyz(h, c, r);
   case R_METRICS: return route_metrics(h, c, r);
+  case R_WEB: return route_web(c, r, asset);
   default: break;
   }
 
@@ -855,6 +1172,8 @@ static enum MHD_Result dispatch(tw_http_t *h, struct MHD_Connection *c, req_t *r
     params_free(&p);
     return res;
   }
+  params_free(&p);
+  if (r->route == R_STATS) return route_stats(h, c, r);
   size_t id_len = 0;
   const char *why = NULL;
   char *id = decode(seg, seg_len, false, &id_len, &why);
@@ -1079,6 +1398,8 @@ static bool make_pool(tw_http_t *h, const tw_config_t *cfg, char *err, size_t ca
 tw_http_t *tw_http_start(const tw_config_t *cfg, const tw_http_engine_t *engine, char *err, size_t err_cap) {
   tw_http_t *h = tw_xcalloc(1, sizeof *h);
   pthread_mutex_init(&h->stats.mu, NULL);
+  pthread_mutex_init(&h->stats_mu, NULL);
+  pthread_cond_init(&h->stats_cv, NULL);
   atomic_init(&h->in_flight, 0);
   if (engine) h->engine = *engine;
   if (strcmp(cfg->http_listen, "off") == 0) {
@@ -1210,5 +1531,8 @@ void tw_http_stop(tw_http_t *h) {
   free(h->database);
   pthread_mutex_destroy(&h->stats.mu);
   pthread_mutex_destroy(&h->rate.mu);
+  pthread_mutex_destroy(&h->stats_mu);
+  pthread_cond_destroy(&h->stats_cv);
+  bson_free(h->stats_json);
   free(h);
 }
