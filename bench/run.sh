@@ -58,6 +58,8 @@ skip() { [[ $SKIP == *" $1 "* ]]; }
 row() { printf '%s\n' "$1" | tee -a "$ROWS"; }
 json() { printf '%s\n' "$1" >>"$JSONL"; }
 now() { date +%s.%N; }
+# num N: N rounded, with thousands separators (whatever the locale).
+num() { printf '%.0f' "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 say "scale $SCALE: $PRODUCTS products / $EVENTS events; large $BIG_PRODUCTS twins; $REPS repetitions; logs in $LOGS"
@@ -185,7 +187,7 @@ phase_core() {
     out=$($cmd 2>"$LOGS/core-$alloc.log" | tail -1)
     json "$out"
     read -r mn md mx ns < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["events_per_s_min"], d["events_per_s_median"], d["events_per_s_max"], d["ns_per_event_median"])' "$out")
-    row "| reducer core, 1 thread, $label | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")); $ns ns/event | \`${cmd/$REPO\//}\` |"
+    row "| reducer core, 1 thread, $label | $(num "$md") events/s (min $(num "$mn"), max $(num "$mx")); $ns ns/event | \`${cmd/$REPO\//}\` |"
   done
   # Two processes side by side: per-core scaling of the core on this machine.
   local cmd="$BIN/twin-bench-reducer --record $REC --reps $REPS --alloc arena" sum
@@ -194,7 +196,7 @@ phase_core() {
   wait
   sum=$(python3 -c 'import json,sys; print(round(sum(json.load(open(f))["events_per_s_median"] for f in sys.argv[1:])))' \
     "$LOGS/core-par-a.json" "$LOGS/core-par-b.json")
-  row "| reducer core, 2 processes at once (2 cores) | $(printf "%'.0f" "${sum%.*}") events/s together | same command twice, concurrently |"
+  row "| reducer core, 2 processes at once (2 cores) | $(num "${sum%.*}") events/s together | same command twice, concurrently |"
   if command -v valgrind >/dev/null; then
     local small=$CACHE/core-$SEED-10000-200000.rec ir n
     record "$small" 10000 200000
@@ -216,7 +218,7 @@ phase_memory() {
     out=$("$BIN/twin-bench-reducer" --record "$rec" --memory 2>/dev/null | tail -1)
     json "$out"
     read -r tw all tl wo sz < <(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["twins"], d["heap_bytes_per_twin"], d["timeline_bytes_per_twin"], d["bytes_per_twin_without_timeline"], d["sizeof_twin"])' "$out")
-    row "| memory per twin at $(printf "%'d" "$tw") twins | $wo bytes without the timeline's entries ($all with them; the twin struct is $sz) | \`build-bench/bin/twin-bench-reducer --record <$(basename "$rec")> --memory\`: glibc heap in use after one pass, map table included |"
+    row "| memory per twin at $(num "$tw") twins | $wo bytes without the timeline's entries ($all with them; the twin struct is $sz) | \`build-bench/bin/twin-bench-reducer --record <$(basename "$rec")> --memory\`: glibc heap in use after one pass, map table included |"
   done
 }
 
@@ -276,8 +278,8 @@ phase_e2e() {
     read -r mn md mx < <(stats "${rates[@]}")
     read -r smn smd smx < <(stats "${steady[@]}")
     read -r _ hmd _ < <(stats "${hwms[@]}")
-    row "| end to end, $shards shard(s), whole run | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")) | $TOTAL messages pre-loaded (12 partitions), engine from an empty database |"
-    row "| end to end, $shards shard(s), steady (10 %-90 %) | $(printf "%'.0f" "$smd") events/s (min $(printf "%'.0f" "$smn"), max $(printf "%'.0f" "$smx")) | |"
+    row "| end to end, $shards shard(s), whole run | $(num "$md") events/s (min $(num "$mn"), max $(num "$mx")) | $TOTAL messages pre-loaded (12 partitions), engine from an empty database |"
+    row "| end to end, $shards shard(s), steady (10 %-90 %) | $(num "$smd") events/s (min $(num "$smn"), max $(num "$smx")) | |"
     if ((${#persisted[@]})); then
       read -r pmn pmd pmx < <(stats "${persisted[@]}")
       row "| end to end, $shards shard(s), start -> every twin persisted + checkpointed | $pmd s (min $pmn, max $pmx) | snapshots written once, at the graceful stop; peak RSS $((hmd / 1024)) MiB |"
@@ -303,7 +305,7 @@ phase_engine_memory() {
   twins=$(metric_sum twin_twins_in_memory)
   rss=$(rss_kib "$ENGINE")
   per=$(((rss - base) * 1024 / (twins > 0 ? twins : 1)))
-  row "| engine RSS growth per twin at $(printf "%'d" "$twins") twins | $per bytes (RSS $((rss / 1024)) MiB, $((base / 1024)) MiB at start) | the whole process through Kafka: twins with timelines, librdkafka queues, allocator slack |"
+  row "| engine RSS growth per twin at $(num "$twins") twins | $per bytes (RSS $((rss / 1024)) MiB, $((base / 1024)) MiB at start) | the whole process through Kafka: twins with timelines, librdkafka queues, allocator slack |"
   json "{\"bench\":\"engine_memory\",\"twins\":$twins,\"bytes_per_twin\":$per,\"rss_kib\":$rss,\"base_kib\":$base}"
   engine_stop KILL # the point is the memory; persisting a million twins would measure the database
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
@@ -333,7 +335,7 @@ phase_recovery() {
   while [[ $(metric_sum twin_events_total 'outcome="consumed"') -eq 0 ]]; do sleep 0.05; done
   t_resume=$(now)
   while [[ $(metric_sum twin_consumer_lag) -gt 0 || $(metric_sum twin_assigned_partitions) -eq 0 ]]; do sleep 0.1; done
-  row "| recovery with $(printf "%'d" "$twins") twins persisted: start -> consuming | $(secs "$t0" "$t_resume") s | kill -9, 100,000 new events, restart (lazy loading) |"
+  row "| recovery with $(num "$twins") twins persisted: start -> consuming | $(secs "$t0" "$t_resume") s | kill -9, 100,000 new events, restart (lazy loading) |"
   row "| recovery: start -> lag 0 | $(secs "$t0" "$(now)") s | |"
   engine_stop KILL
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
@@ -348,7 +350,7 @@ phase_freshness() {
   "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" --brokers "$BROKERS" \
     --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
   sleep 3
-  row "| freshness at $(printf "%'d" "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; twin-sim --rate $RATE --duration $RATE_S |"
+  row "| freshness at $(num "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; twin-sim --rate $RATE --duration $RATE_S |"
   row "| freshness: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s | $(metric_sum twin_alert_delay_seconds_count) alerts |"
   engine_stop TERM
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
@@ -371,7 +373,7 @@ phase_peer() {
       prates+=("$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["events_per_s"]))' "$out")")
     done
     read -r mn md mx < <(stats "${prates[@]}")
-    row "| Kafka Streams peer, $threads stream thread(s) | $(printf "%'.0f" "$md") events/s (min $(printf "%'.0f" "$mn"), max $(printf "%'.0f" "$mx")) | bench/peers/kstreams/run.sh, same topics, $PEER_REPS run(s) |"
+    row "| Kafka Streams peer, $threads stream thread(s) | $(num "$md") events/s (min $(num "$mn"), max $(num "$mx")) | bench/peers/kstreams/run.sh, same topics, $PEER_REPS run(s) |"
   done
 }
 
