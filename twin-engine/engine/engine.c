@@ -733,15 +733,9 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     atomic_fetch_add(&s->st.consumed[ti], 1);
     p->next = m->offset + 1;
     atomic_store(&e->processed[ti * e->n_partitions + m->partition], p->next);
-    Twin__V1__Envelope *env = NULL;
-    if (m->len > (size_t)e->cfg->message_max_bytes) {
-      snprintf(reason, sizeof reason, "message is %zu bytes, more than message.max.bytes (%lld)", m->len,
-               (long long)e->cfg->message_max_bytes);
-    } else if (!(env = twin__v1__envelope__unpack(&s->arena.pb, m->len, m->payload))) {
-      snprintf(reason, sizeof reason, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", m->len);
-    } else if (!tw_envelope_validate(env, m->key, m->key_len, reason, sizeof reason)) {
-      env = NULL; /* its memory goes with the arena */
-    }
+    /* On failure its memory goes with the arena. */
+    Twin__V1__Envelope *env = tw_envelope_decode(&s->arena.pb, m->payload, m->len, m->key, m->key_len,
+                                                 (size_t)e->cfg->message_max_bytes, reason, sizeof reason);
     if (!env) {
       dlq_send(s, m, reason);
       rd_kafka_message_destroy(m);
