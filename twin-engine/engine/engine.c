@@ -39,8 +39,11 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
-static volatile sig_atomic_t g_stop = 0;
-static volatile sig_atomic_t g_abort = 0;
+/* Set by the signal handler, read by every thread: lock-free atomics (both
+ * async-signal-safe and race-free; volatile sig_atomic_t is only the former). */
+static atomic_int g_stop = 0;
+static atomic_int g_abort = 0;
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "atomic_int is lock-free, so a signal handler may set it");
 
 void tw_engine_request_stop(void) {
   if (g_stop) g_abort = 1;
