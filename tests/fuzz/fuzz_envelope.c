@@ -5,8 +5,8 @@
  *
  * Input: up to 32 messages, each "u16le length, bytes"; the last one takes
  * what is left. Each message's key is the product_id it decodes to (so the
- * validation and reducer are reached), or none when the first length byte
- * is odd-and-large (key checks). Every input starts from an empty map, so a
+ * validation and reducer are reached), or none when the length's high byte
+ * is 0xf0 or more (the key checks). Every input starts from an empty map, so a
  * crash reproduces from its file alone. */
 #include <stdint.h>
 #include <stdlib.h>
