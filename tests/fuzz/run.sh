@@ -12,6 +12,7 @@ SECS=${TWIN_FUZZ_SECONDS:-60}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 declare -A MAXLEN=([fuzz_envelope]=16384 [fuzz_config]=8192 [fuzz_http]=8192)
+declare -A DICT=([fuzz_config]=$HERE/config.dict)
 rc=0
 for t in fuzz_envelope fuzz_config fuzz_http; do
   work=$BUILD/fuzz-work/$t art=$BUILD/fuzz-artifacts/$t
@@ -19,7 +20,7 @@ for t in fuzz_envelope fuzz_config fuzz_http; do
   cp "$HERE/corpus/${t#fuzz_}"/* "$work/"
   log=$BUILD/fuzz-$t.log
   "$BUILD/bin/$t" -max_total_time="$SECS" -max_len="${MAXLEN[$t]}" -timeout=10 -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$art/" "$work" >"$log" 2>&1
+    -print_final_stats=1 -artifact_prefix="$art/" ${DICT[$t]:+-dict="${DICT[$t]}"} "$work" >"$log" 2>&1
   st=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1)
