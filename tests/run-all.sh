@@ -5,13 +5,18 @@
 #   3. clang-format-14 check of every .c/.h file
 #   4. the local stack up (Kafka + FerretDB, deploy/local/stack.sh)
 #   5. ctest in build/: unit tests (parallel), then all other labels (serial)
-#   6. ASan+UBSan build in build-asan/, its unit tests
-#   7. TSan build in build-tsan/, tests labelled "tsan" (only if any exist)
+#   6. ASan+UBSan build in build-asan/, every test (unit + integration: the
+#      tests start build-asan's sanitized binaries; a report fails the test)
+#   7. TSan build in build-tsan/, tests labelled "tsan" (the reducer and the
+#      multi-shard engine tests, running build-tsan's engine)
+#   8. libFuzzer targets (clang-14, ASan+UBSan) in build-fuzz/, each run for
+#      TWIN_FUZZ_SECONDS (default 60) on tests/fuzz/corpus; any crash fails
 # and takes the stack down at the end, also on failure, but only the parts it
 # started itself. Exit code 0 only when every step passed.
 #
 # Environment: TWIN_KAFKA_PORT, TWIN_MONGO_PORT, TWIN_STACK_DIR (see
-# deploy/local/stack.sh); TWIN_SKIP_SANITIZERS=1 skips steps 6-7 (quick local runs).
+# deploy/local/stack.sh); TWIN_SKIP_SANITIZERS=1 skips steps 6-8 (quick local runs);
+# TWIN_FUZZ_SECONDS: seconds per fuzz target (default 60).
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -147,18 +152,29 @@ fi
 if [[ ${TWIN_SKIP_SANITIZERS:-0} == 1 ]]; then
   skip "sanitizer builds (TWIN_SKIP_SANITIZERS=1)"
 else
-  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+  # A report aborts the process (engines, twin-sim, twinctl too): the tests
+  # check exit statuses, and the harness fails on a report in any log.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:halt_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   if step "build (build-asan/, address,undefined)" configure_and_build build-asan -DTWIN_SANITIZE=address,undefined; then
     step "unit tests (ASan+UBSan)" run_ctest build-asan -L unit -j "$JOBS"
+    step "integration + other tests (ASan+UBSan)" run_ctest build-asan -LE unit
   fi
   if [[ -n $(cd build && ctest -N -L tsan | sed -n 's/^Total Tests: \([1-9][0-9]*\)$/\1/p') ]]; then
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+    # TSan's engine consumes several times slower: test_engine's kill -9
+    # scenario on a third of its stream (the other scenarios at full size).
+    export TWIN_TEST_CRASH_EVENTS=${TWIN_TEST_CRASH_EVENTS:-50000}
     if step "build (build-tsan/, thread)" configure_and_build build-tsan -DTWIN_SANITIZE=thread; then
       step "tsan tests (TSan)" run_ctest build-tsan -L tsan
     fi
   else
     skip "TSan build (no tests labelled tsan)"
+  fi
+  # ---- 8: fuzzing ------------------------------------------------------------------
+  if step "build (build-fuzz/, clang-14 libFuzzer, address,undefined)" configure_and_build build-fuzz \
+    -DCMAKE_C_COMPILER=clang-14 -DTWIN_FUZZ=ON -DTWIN_SANITIZE=address,undefined -DBUILD_TESTING=OFF; then
+    step "fuzz (${TWIN_FUZZ_SECONDS:-60} s per target)" "$REPO/tests/fuzz/run.sh" "$REPO/build-fuzz"
   fi
 fi
 

@@ -265,6 +265,22 @@ tw_outcome_t tw_reduce(tw_twin_t *t, const Twin__V1__Envelope *env, const char *
 bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t key_len, char *err,
                           size_t err_cap);
 
+/* Event times the engine accepts: 1970-01-01T00:00:00Z .. 2100-01-01T00:00:00Z
+ * (exclusive). Outside that a clock was unset or broken; such a time would
+ * win every last-writer-wins comparison (or lose all of them) for good. */
+#define TW_EVENT_TIME_MIN_MS INT64_C(0)
+#define TW_EVENT_TIME_MAX_MS INT64_C(4102444800000)
+
+/* The engine's whole gate for one Kafka message: size limit (max_bytes),
+ * protobuf decoding, strings without NUL bytes (protobuf-c would cut them
+ * short at the NUL), then tw_envelope_validate(). Returns the envelope,
+ * allocated with alloc (NULL = protobuf-c's default; free it with
+ * twin__v1__envelope__free_unpacked), or NULL with the reason for the DLQ
+ * in err. Pure: no I/O, no state. */
+Twin__V1__Envelope *tw_envelope_decode(ProtobufCAllocator *alloc, const void *value, size_t len,
+                                       const void *key, size_t key_len, size_t max_bytes, char *err,
+                                       size_t err_cap);
+
 /* ---- Snapshot document ----------------------------------------------------- */
 /* Appends the snapshot document to doc (caller-owned, empty). updated_at_ms
  * < 0 leaves updated_at out (state hashing). */

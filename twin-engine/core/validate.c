@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "decode.h"
 #include "twin/twin.h"
 #include "util.h"
 
@@ -120,9 +121,90 @@ bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t
   if (!key) return tw_fail(err, cap, "message has no key (the key must equal product_id)");
   if (!name_ok(env->source)) return tw_fail(err, cap, "source is empty, too long, not UTF-8 or contains '.'");
   if (env->seq == 0) return tw_fail(err, cap, "seq must be at least 1");
+  if (env->event_time_ms < TW_EVENT_TIME_MIN_MS || env->event_time_ms >= TW_EVENT_TIME_MAX_MS)
+    return tw_fail(err, cap,
+                   "event_time_ms %lld is outside 1970-01-01..2100-01-01 (milliseconds since the Unix epoch)",
+                   (long long)env->event_time_ms);
   switch (env->payload_case) {
   case TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY: return telemetry_ok(env->telemetry, err, cap);
   case TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE: return lifecycle_ok(env->lifecycle, err, cap);
   default: return tw_fail(err, cap, "envelope has no payload (neither telemetry nor lifecycle)");
   }
+}
+
+/* ---- Decoding ---------------------------------------------------------------- */
+
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+  *v = 0;
+  for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+    uint8_t b = *(*p)++;
+    *v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) return true;
+  }
+  return false;
+}
+
+/* protobuf-c turns a string field into a C string, so "VIN1\0x" would become
+ * "VIN1". Walks the wire bytes of a message that protobuf-c decoded and
+ * fails on a NUL inside any string field the schema knows (the nesting is
+ * bounded by the schema: Envelope > Telemetry > MetricsEntry). */
+static bool strings_nul_free(const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t len,
+                             const char *prefix, char *err, size_t cap) {
+  const uint8_t *end = p + len;
+  while (p < end) {
+    uint64_t tag, v;
+    if (!wire_varint(&p, end, &tag)) return true; /* protobuf-c has judged the framing */
+    switch (tag & 7) {
+    case 0:
+      if (!wire_varint(&p, end, &v)) return true;
+      break;
+    case 1:
+      if (end - p < 8) return true;
+      p += 8;
+      break;
+    case 5:
+      if (end - p < 4) return true;
+      p += 4;
+      break;
+    case 2: {
+      if (!wire_varint(&p, end, &v) || v > (uint64_t)(end - p)) return true;
+      const ProtobufCFieldDescriptor *f =
+          tag >> 3 <= UINT32_MAX ? protobuf_c_message_descriptor_get_field(d, (unsigned)(tag >> 3)) : NULL;
+      if (f && f->type == PROTOBUF_C_TYPE_STRING && memchr(p, 0, (size_t)v))
+        return tw_fail(err, cap, "%s%s contains a NUL byte", prefix, f->name);
+      if (f && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+        char sub[96];
+        snprintf(sub, sizeof sub, "%s%s.", prefix, f->name);
+        if (!strings_nul_free(f->descriptor, p, (size_t)v, sub, err, cap)) return false;
+      }
+      p += v;
+      break;
+    }
+    default: return true;
+    }
+  }
+  return true;
+}
+
+Twin__V1__Envelope *tw_envelope_decode(ProtobufCAllocator *alloc, const void *value, size_t len,
+                                       const void *key, size_t key_len, size_t max_bytes, char *err,
+                                       size_t cap) {
+  if (len > max_bytes) {
+    tw_fail(err, cap, "message is %zu bytes, more than message.max.bytes (%zu)", len, max_bytes);
+    return NULL;
+  }
+  int nul;
+  Twin__V1__Envelope *env = tw_envelope_unpack(alloc, value, len, &nul);
+  if (!env) {
+    tw_fail(err, cap, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", len);
+    return NULL;
+  }
+  /* The fast decoder knows whether a string held a NUL; after protobuf-c
+   * the wire bytes are walked again to find out. The walk names the field. */
+  if ((nul != 0 && !strings_nul_free(&twin__v1__envelope__descriptor, value, len, "", err, cap)) ||
+      !tw_envelope_validate(env, key, key_len, err, cap)) {
+    twin__v1__envelope__free_unpacked(env, alloc);
+    return NULL;
+  }
+  return env;
 }

@@ -27,7 +27,6 @@
 #include <unistd.h>
 
 #include "arena.h"
-#include "decode.h"
 #include "http.h"
 #include "map.h"
 #include "store.h"
@@ -40,8 +39,11 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
-static volatile sig_atomic_t g_stop = 0;
-static volatile sig_atomic_t g_abort = 0;
+/* Set by the signal handler, read by every thread: lock-free atomics (both
+ * async-signal-safe and race-free; volatile sig_atomic_t is only the former). */
+static atomic_int g_stop = 0;
+static atomic_int g_abort = 0;
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "atomic_int is lock-free, so a signal handler may set it");
 
 void tw_engine_request_stop(void) {
   if (g_stop) g_abort = 1;
@@ -66,7 +68,7 @@ typedef enum { CMD_ASSIGN, CMD_REVOKE, CMD_QUERY } cmd_kind_t;
 typedef enum { Q_PENDING, Q_DONE, Q_ABANDONED } query_state_t;
 typedef struct {
   char *product_id;
-  bson_t doc;
+  bson_t *doc; /* heap: bson_t wants 128-byte alignment, which a malloc'd struct does not give */
   bool found;
   tw_http_twin_meta_t meta;
   query_state_t state;
@@ -547,20 +549,20 @@ static void answer_query(shard_t *s, query_t *q) {
   part_t *p = t && t->partition >= 0 ? shard_part(s, TW_TOPIC_TELEMETRY, t->partition, false) : NULL;
   part_t *p2 = t && t->partition >= 0 ? shard_part(s, TW_TOPIC_LIFECYCLE, t->partition, false) : NULL;
   bool owned = (p && p->owned) || (p2 && p2->owned);
-  bson_t doc = BSON_INITIALIZER;
-  if (t && owned) tw_twin_to_bson(t, tw_now_ms(), &doc);
+  bson_t *doc = bson_new();
+  if (t && owned) tw_twin_to_bson(t, tw_now_ms(), doc);
   pthread_mutex_lock(&s->mu);
   if (q->state == Q_ABANDONED) {
     pthread_mutex_unlock(&s->mu);
-    bson_destroy(&doc);
-    bson_destroy(&q->doc);
+    bson_destroy(doc);
+    bson_destroy(q->doc);
     free(q->product_id);
     free(q);
     return;
   }
   if (t && owned) {
-    bson_destroy(&q->doc);
-    bson_steal(&q->doc, &doc);
+    bson_destroy(q->doc);
+    q->doc = doc;
     q->found = true;
     q->meta = (tw_http_twin_meta_t){.partition = t->partition,
                                     .shard = s->id,
@@ -568,7 +570,7 @@ static void answer_query(shard_t *s, query_t *q) {
                                     .last_event_ms = t->last_event_ms,
                                     .flushed_ms = atomic_load(&s->st.last_flush_wall_ms)};
   } else {
-    bson_destroy(&doc);
+    bson_destroy(doc);
   }
   q->state = Q_DONE;
   pthread_cond_broadcast(&s->cv);
@@ -734,15 +736,9 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     atomic_fetch_add(&s->st.consumed[ti], 1);
     p->next = m->offset + 1;
     atomic_store(&e->processed[ti * e->n_partitions + m->partition], p->next);
-    Twin__V1__Envelope *env = NULL;
-    if (m->len > (size_t)e->cfg->message_max_bytes) {
-      snprintf(reason, sizeof reason, "message is %zu bytes, more than message.max.bytes (%lld)", m->len,
-               (long long)e->cfg->message_max_bytes);
-    } else if (!(env = tw_envelope_unpack(&s->arena.pb, m->payload, m->len, NULL))) {
-      snprintf(reason, sizeof reason, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", m->len);
-    } else if (!tw_envelope_validate(env, m->key, m->key_len, reason, sizeof reason)) {
-      env = NULL; /* its memory goes with the arena */
-    }
+    /* On failure its memory goes with the arena. */
+    Twin__V1__Envelope *env = tw_envelope_decode(&s->arena.pb, m->payload, m->len, m->key, m->key_len,
+                                                 (size_t)e->cfg->message_max_bytes, reason, sizeof reason);
     if (!env) {
       dlq_send(s, m, reason);
       rd_kafka_message_destroy(m);
@@ -956,7 +952,7 @@ static bool http_twin(void *ud, const char *product_id, bson_t *doc, tw_http_twi
   for (int k = 0; k < e->n_shards; k++) {
     qs[k] = tw_xcalloc(1, sizeof *qs[k]);
     qs[k]->product_id = tw_xstrdup(product_id);
-    bson_init(&qs[k]->doc);
+    qs[k]->doc = bson_new();
     shard_send(&e->shards[k], CMD_QUERY, 0, -1, -1, qs[k]);
   }
   int64_t deadline = tw_mono_ms() + 2000;
@@ -982,11 +978,11 @@ static bool http_twin(void *ud, const char *product_id, bson_t *doc, tw_http_twi
     }
     pthread_mutex_unlock(&s->mu);
     if (q->found && !found) {
-      bson_concat(doc, &q->doc);
+      bson_concat(doc, q->doc);
       *meta = q->meta;
       found = true;
     }
-    bson_destroy(&q->doc);
+    bson_destroy(q->doc);
     free(q->product_id);
     free(q);
   }
