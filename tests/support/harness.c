@@ -326,7 +326,13 @@ int64_t h_end_offsets_total(const h_scenario_t *s) {
   for (int t = 0; t < 2; t++) {
     for (int p = 0; p < s->partitions; p++) {
       int64_t lo, hi;
-      rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, topics[t], p, &lo, &hi, 10000);
+      rd_kafka_resp_err_t err;
+      /* A broker that just restarted answers "not leader" for a while. */
+      for (int attempt = 0;; attempt++) {
+        err = rd_kafka_query_watermark_offsets(rk, topics[t], p, &lo, &hi, 10000);
+        if (!err || attempt == 60) break;
+        msleep(500);
+      }
       if (err) fail_msg("watermarks %s[%d]: %s", topics[t], p, rd_kafka_err2str(err));
       total += hi;
     }
