@@ -29,7 +29,7 @@ static void test_kill9_loop(void **state) {
   f_begin(&r, "engine kill -9 x21");
   h_scenario_t s;
   h_scenario_init(&s, "f_kill9", 6);
-  const char *sim[] = {"--seed",     "31",    "--products",   "1000",  "--rate",    "600",
+  const char *sim[] = {"--seed",     "31",    "--products",   "800",   "--rate",    "500",
                        "--duration", "45",    "--duplicates", "0.01",  "--reorder", "0.01",
                        "--invalid",  "0.005", "--garbage",    "0.002", "--quiet",   NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
@@ -50,9 +50,9 @@ static void test_kill9_loop(void **state) {
       ms = f_rnd(0, 5000);
       when = "after its assignment";
     } else {
-      /* Once it has flushed and checkpointed, in its stride of 300 ms
-       * flushes (snapshots, checkpoints, Kafka commits). */
-      for (int i = 0; i < 900 && h_checkpoints_total(&s) <= ck0; i++) f_msleep(100);
+      /* Once it has flushed and checkpointed (or after 30 s), in its
+       * stride of 300 ms flushes (snapshots, checkpoints, Kafka commits). */
+      for (int i = 0; i < 300 && h_checkpoints_total(&s) <= ck0; i++) f_msleep(100);
       ms = f_rnd(0, 2000);
       when = "after its first new checkpoint";
     }

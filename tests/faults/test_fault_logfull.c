@@ -49,8 +49,8 @@ static void test_log_disk_full(void **state) {
     fprintf(stderr, "[fault] cannot mount a tmpfs here (%s): engine log to /dev/full instead\n",
             strerror(errno));
   }
-  const char *sim[] = {"--seed",     "81",    "--products",   "1000", "--rate",    "1000",
-                       "--duration", "25",    "--duplicates", "0.01", "--reorder", "0.01",
+  const char *sim[] = {"--seed",     "81",    "--products",   "600",  "--rate",    "800",
+                       "--duration", "20",    "--duplicates", "0.01", "--reorder", "0.01",
                        "--garbage",  "0.005", "--quiet",      NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   pid_t e = h_engine_start_log(&s, 2, (const char *const[]){"log.level=debug", NULL}, log);

@@ -78,7 +78,7 @@ static void test_mock_cluster_errors(void **state) {
   rd_kafka_mock_coordinator_set(g_mc, "group", s.group, 1);
 
   pid_t e = h_engine_start(&s, 2, NULL);
-  const char *sim[] = {"--seed", "71",           "--products", "1200",      "--rate", "800",     "--duration",
+  const char *sim[] = {"--seed", "71",           "--products", "800",       "--rate", "600",     "--duration",
                        "50",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   assert_true(h_wait_engine_log("assigned", 60));
