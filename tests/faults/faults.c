@@ -114,9 +114,15 @@ void f_finish(f_run_t *r, const h_scenario_t *s) {
     if (!bsearch(&want.v[i], seen.v, seen.n, sizeof *seen.v, cmp_str) && missing++ < 3)
       fprintf(stderr, "[fault] expected alert transition missing from the topic: %s\n", want.v[i]);
 
+  /* What the simulator sent must all be in Kafka: a loss there would not
+   * be the engine's, and the comparison would blame it. */
+  int64_t sent = (int64_t)(e.valid + e.garbage);
+  if (events != sent)
+    fprintf(stderr, "[fault] the input topics hold %lld messages, twin-sim sent %lld\n", (long long)events,
+            (long long)sent);
   double secs = (double)(f_now_ms() - r->t0_ms) / 1000.0;
-  bool ok = diffs == 0 && truth == 0 && lost == 0 && dup == 0 && missing == 0 && unexpected == 0 &&
-            got.bad_key == 0 && e.twins.len > 0 && want.n > 0;
+  bool ok = events == sent && diffs == 0 && truth == 0 && lost == 0 && dup == 0 && missing == 0 &&
+            unexpected == 0 && got.bad_key == 0 && e.twins.len > 0 && want.n > 0;
   fprintf(stderr,
           "[fault] %s: %lld events, %d faults injected; twins: %zu expected, %d differences, truth %d "
           "differences, %lld events lost, %lld duplicated; alerts: %zu expected transitions, %zu on the "
@@ -132,6 +138,7 @@ void f_finish(f_run_t *r, const h_scenario_t *s) {
     fclose(f);
   }
 
+  assert_int_equal(events, sent);
   assert_true(e.twins.len > 0);
   assert_true(want.n > 0); /* the fleet must exercise the alert rules */
   assert_int_equal(diffs, 0);
