@@ -22,6 +22,7 @@ export TWIN_MONGO_URI=${TWIN_MONGO_URI:-mongodb://127.0.0.1:${TWIN_MONGO_PORT:-2
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 T_START=$SECONDS
+STARTED_AT=$(mktemp) # its mtime: files newer than it were written by this run
 RESULTS=()   # "status|seconds|name"
 FAILED=0
 TESTS_PASSED=0
@@ -115,6 +116,10 @@ summary() {
     printf '  %-4s %5ss  %s\n' "$st" "$secs" "$name"
   done
   printf '  total %ss\n' "$((SECONDS - T_START))"
+  # The fault suite's table (tests/faults/), written by this run's ctest.
+  if [[ -s build/faults-summary.tsv && build/faults-summary.tsv -nt $STARTED_AT ]]; then
+    tests/faults/summary.sh build/faults-summary.tsv || true
+  fi
   if ((FAILED)); then echo "run-all: FAILED"; else echo "run-all: all steps passed"; fi
   echo "tests: $TESTS_PASSED passed, $TESTS_FAILED failed"
 }
@@ -125,6 +130,7 @@ cleanup() {
     "$STACK_SH" down "${STARTED[@]}" || FAILED=1
   fi
   summary
+  rm -f "$STARTED_AT"
 }
 trap cleanup EXIT
 trap 'echo "run-all: interrupted" >&2; FAILED=1; exit 130' INT TERM
