@@ -25,8 +25,8 @@ static void test_broker_kill9(void **state) {
   h_scenario_t s;
   h_scenario_init(&s, "f_broker", 4);
   pid_t e = h_engine_start(&s, 2, NULL);
-  const char *sim[] = {"--seed", "41",           "--products", "800",       "--rate", "800",     "--duration",
-                       "35",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
+  const char *sim[] = {"--seed", "41",           "--products", "600",       "--rate", "700",     "--duration",
+                       "30",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   for (int k = 0; k < 2; k++) {
     f_msleep(f_rnd(4000, 8000));

@@ -41,8 +41,8 @@ static void test_group_rebalances(void **state) {
   pid_t e[3];
   e[0] = h_engine_start(&s, 2, g_set);
   e[1] = h_engine_start(&s, 2, g_set);
-  const char *sim[] = {"--seed", "61",           "--products", "1000",      "--rate", "700",     "--duration",
-                       "40",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
+  const char *sim[] = {"--seed", "61",           "--products", "600",       "--rate", "700",     "--duration",
+                       "30",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   /* Two instances: one stops and comes back. */
   f_msleep(f_rnd(5000, 8000));

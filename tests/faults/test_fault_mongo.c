@@ -45,8 +45,8 @@ static void test_ferretdb_kill_and_stall(void **state) {
   h_scenario_init(&s, "f_mongo", 4);
   atexit(cont_ferretdb);
   pid_t e = h_engine_start(&s, 2, NULL);
-  const char *sim[] = {"--seed", "51",           "--products", "800",       "--rate", "700",     "--duration",
-                       "45",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
+  const char *sim[] = {"--seed", "51",           "--products", "600",       "--rate", "700",     "--duration",
+                       "35",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   f_msleep(f_rnd(5000, 8000));
   long rss0 = h_rss_kib(e);
