@@ -30,6 +30,7 @@ awk -F'\t' '
   END {
     printf fmt, "total", ev, fa, lo, du, al, am, ar, sprintf("%.1f", s), bad ? bad " FAILED" : "all ok"
     printf "(lost/dup: events; alerts: expected transitions, a.lost: of them not on the topic,\n"
-    printf " a.repeat: copies re-sent after a crash, which consumers drop by alert_id)\n"
+    printf " a.repeat: copies sent again after a crash or by two owners during a rebalance,\n"
+    printf " which consumers drop by alert_id)\n"
     exit bad ? 1 : 0
   }' "$file"

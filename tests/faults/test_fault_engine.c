@@ -29,9 +29,10 @@ static void test_kill9_loop(void **state) {
   f_begin(&r, "engine kill -9 x21");
   h_scenario_t s;
   h_scenario_init(&s, "f_kill9", 6);
-  const char *sim[] = {"--seed",     "31",    "--products",   "800",   "--rate",    "500",
-                       "--duration", "45",    "--duplicates", "0.01",  "--reorder", "0.01",
+  const char *sim[] = {"--seed",     "31",    "--products",   "800",   "--rate",    "200",
+                       "--duration", "120",   "--duplicates", "0.01",  "--reorder", "0.01",
                        "--invalid",  "0.005", "--garbage",    "0.002", "--quiet",   NULL};
+  /* Slow and long: the fleet streams in during the whole kill loop. */
   pid_t sim_pid = h_sim_start(&s, sim);
   const char *set[] = {INSTANCE, "snapshot.interval.ms=300", NULL};
   const int kills = 21;
