@@ -37,10 +37,22 @@ int64_t f_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static FILE *summary_file(void) {
+  const char *path = getenv("TWIN_TEST_FAULTS_SUMMARY");
+  return fopen(path && *path ? path : "faults-summary.tsv", "a");
+}
+
 void f_begin(f_run_t *r, const char *name) {
   memset(r, 0, sizeof *r);
   snprintf(r->name, sizeof r->name, "%s", name);
   r->t0_ms = f_now_ms();
+  /* Replaced by f_finish's line; left as is when the scenario fails before
+   * its end check, so the table shows it did not finish. */
+  FILE *f = summary_file();
+  if (f) {
+    fprintf(f, "%s\t-\t-\t-\t-\t-\t-\t-\t-\tUNFINISHED\n", r->name);
+    fclose(f);
+  }
 }
 
 /* ---- Expected alert transitions -------------------------------------------- */
@@ -130,8 +142,7 @@ void f_finish(f_run_t *r, const h_scenario_t *s) {
           r->name, (long long)events, r->faults, e.twins.len, diffs, truth, (long long)lost, (long long)dup,
           want.n, seen.n, unique, repeated, missing, unexpected, secs, ok ? "ok" : "FAILED");
 
-  const char *path = getenv("TWIN_TEST_FAULTS_SUMMARY");
-  FILE *f = fopen(path && *path ? path : "faults-summary.tsv", "a");
+  FILE *f = summary_file();
   if (f) {
     fprintf(f, "%s\t%lld\t%d\t%lld\t%lld\t%zu\t%zu\t%zu\t%.1f\t%s\n", r->name, (long long)events, r->faults,
             (long long)lost, (long long)dup, want.n, missing, repeated, secs, ok ? "ok" : "FAIL");
