@@ -5,11 +5,12 @@
  * sockets (rd_kafka_mock_cluster_bootstraps), so the real twin-sim and the
  * real twin-engine binaries connect to it as to any Kafka cluster, while
  * MongoDB is the real FerretDB. While the fleet streams in, the test makes
- * the brokers fail requests (rd_kafka_mock_push_request_errors): produce
- * and fetch errors, offset-commit failures, heartbeats that report a lost
- * coordinator or a rebalance; moves the group coordinator between brokers
- * and takes brokers down (rd_kafka_mock_coordinator_set,
- * rd_kafka_mock_broker_set_down); and slows every broker down
+ * the brokers fail requests (rd_kafka_mock_push_request_errors): fetch
+ * errors, offset-commit failures, heartbeats that report a lost coordinator
+ * or a rebalance; moves the group coordinator between brokers and takes one
+ * down (rd_kafka_mock_coordinator_set, rd_kafka_mock_broker_set_down). Once
+ * the whole fleet is in (checked), while the engine catches up: produce
+ * errors, which hit its alert producer, and every broker slowed down
  * (rd_kafka_mock_broker_set_rtt), past the engine's 10 s alert flush and the
  * 6 s consumer session. The end state must still be exact. */
 #include <setjmp.h>
