@@ -30,14 +30,17 @@ static void test_broker_kill9(void **state) {
   f_begin(&r, "kafka broker kill -9 x2");
   h_scenario_t s;
   h_scenario_init(&s, "f_broker", 4);
-  const char *sim[] = {"--seed",       "41",   "--products", "600",  "--events", "30000",
+  const char *sim[] = {"--seed",       "41",   "--products", "600",  "--events", "60000",
                        "--duplicates", "0.01", "--reorder",  "0.01", "--quiet",  NULL};
   h_run_sim(&s, sim);
   int64_t end = h_end_offsets_total(&s);
   pid_t e = h_engine_start(&s, 2, NULL);
   assert_true(h_wait_engine_log("assigned", 60));
   for (int k = 0; k < 2; k++) {
-    f_msleep(f_rnd(2000, 6000));
+    /* The first kill soon after the assignment, the second soon after the
+     * broker is back, both while the engine still works through the
+     * backlog. */
+    f_msleep(k == 0 ? f_rnd(2000, 6000) : f_rnd(0, 1500));
     pid_t kafka = h_stack_pid(&s, "kafka");
     assert_true(kafka > 0);
     int64_t ck = h_checkpoints_total(&s);
