@@ -37,10 +37,10 @@ static void test_broker_kill9(void **state) {
   pid_t e = h_engine_start(&s, 2, NULL);
   assert_true(h_wait_engine_log("assigned", 60));
   for (int k = 0; k < 2; k++) {
-    /* The first kill soon after the assignment, the second soon after the
-     * broker is back, both while the engine still works through the
-     * backlog. */
-    f_msleep(k == 0 ? f_rnd(2000, 6000) : f_rnd(0, 1500));
+    /* Within 1.5 s of the assignment, and of the broker being back: the
+     * engine has consumed much of the backlog but not checkpointed it (on a
+     * fast machine it works through 60,000 events in a few seconds). */
+    f_msleep(f_rnd(0, 1500));
     pid_t kafka = h_stack_pid(&s, "kafka");
     assert_true(kafka > 0);
     int64_t ck = h_checkpoints_total(&s);
