@@ -4,13 +4,16 @@
 #   2. configure + build build/ (Ninja, RelWithDebInfo)
 #   3. clang-format-14 check of every .c/.h file
 #   4. the local stack up (Kafka + FerretDB, deploy/local/stack.sh)
-#   5. ctest in build/: unit tests (parallel), then all other labels (serial)
-#   6. ASan+UBSan build in build-asan/, every test (unit + integration: the
-#      tests start build-asan's sanitized binaries; a report fails the test)
+#   5. ctest in build/: unit tests (parallel)
+#   6. ASan+UBSan build in build-asan/: unit and integration tests (the tests
+#      start build-asan's sanitized binaries; a report fails the test), but
+#      not the "slow" crash scenarios or the fault suite (CI's time limit)
 #   7. TSan build in build-tsan/, tests labelled "tsan" (the reducer and the
 #      multi-shard engine tests, running build-tsan's engine)
 #   8. libFuzzer targets (clang-14, ASan+UBSan) in build-fuzz/, each run for
 #      TWIN_FUZZ_SECONDS (default 60) on tests/fuzz/corpus; any crash fails
+#   9. ctest in build/: every other test (serial), then the fault suite
+#      (tests/faults, label "faults"), which restarts the servers, last
 # and takes the stack down at the end, also on failure, but only the parts it
 # started itself. Exit code 0 only when every step passed.
 #
@@ -27,6 +30,7 @@ export TWIN_MONGO_URI=${TWIN_MONGO_URI:-mongodb://127.0.0.1:${TWIN_MONGO_PORT:-2
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 T_START=$SECONDS
+STARTED_AT=$(mktemp) # its mtime: files newer than it were written by this run
 RESULTS=()   # "status|seconds|name"
 FAILED=0
 TESTS_PASSED=0
@@ -120,6 +124,10 @@ summary() {
     printf '  %-4s %5ss  %s\n' "$st" "$secs" "$name"
   done
   printf '  total %ss\n' "$((SECONDS - T_START))"
+  # The fault suite's table (tests/faults/), written by this run's ctest.
+  if [[ -s build/faults-summary.tsv && build/faults-summary.tsv -nt $STARTED_AT ]]; then
+    tests/faults/summary.sh build/faults-summary.tsv || true
+  fi
   if ((FAILED)); then echo "run-all: FAILED"; else echo "run-all: all steps passed"; fi
   echo "tests: $TESTS_PASSED passed, $TESTS_FAILED failed"
 }
@@ -130,6 +138,7 @@ cleanup() {
     "$STACK_SH" down "${STARTED[@]}" || FAILED=1
   fi
   summary
+  rm -f "$STARTED_AT"
 }
 trap cleanup EXIT
 trap 'echo "run-all: interrupted" >&2; FAILED=1; exit 130' INT TERM
@@ -142,13 +151,12 @@ step "format (clang-format-14)" format_check
 # ---- 4-5: stack + all tests ------------------------------------------------------
 step "stack up" stack_up
 step "unit tests (build/)" run_ctest build -L unit -j "$JOBS"
-if [[ -n $(cd build && ctest -N -LE unit | sed -n 's/^Total Tests: \([1-9][0-9]*\)$/\1/p') ]]; then
-  step "integration + other tests (build/)" run_ctest build -LE unit
-else
-  skip "integration + other tests (none registered)"
-fi
 
-# ---- 6-7: sanitizers ---------------------------------------------------------------
+# ---- 6-8: sanitizers and fuzzing (before the fault suite, which restarts the
+# broker and FerretDB) ---------------------------------------------------------------
+# CI has 90 minutes on 2 cores: under the sanitizers the integration tests run
+# without the "slow" crash scenarios and the fault suite (both run in build/),
+# and TSan runs the multi-shard tests with a shorter kill -9 stream.
 if [[ ${TWIN_SKIP_SANITIZERS:-0} == 1 ]]; then
   skip "sanitizer builds (TWIN_SKIP_SANITIZERS=1)"
 else
@@ -158,24 +166,33 @@ else
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   if step "build (build-asan/, address,undefined)" configure_and_build build-asan -DTWIN_SANITIZE=address,undefined; then
     step "unit tests (ASan+UBSan)" run_ctest build-asan -L unit -j "$JOBS"
-    step "integration + other tests (ASan+UBSan)" run_ctest build-asan -LE unit
+    step "integration tests (ASan+UBSan)" run_ctest build-asan -LE "unit|slow|faults"
   fi
   if [[ -n $(cd build && ctest -N -L tsan | sed -n 's/^Total Tests: \([1-9][0-9]*\)$/\1/p') ]]; then
-    export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
-    # TSan's engine consumes several times slower: test_engine's kill -9
-    # scenario on a third of its stream (the other scenarios at full size).
-    export TWIN_TEST_CRASH_EVENTS=${TWIN_TEST_CRASH_EVENTS:-50000}
     if step "build (build-tsan/, thread)" configure_and_build build-tsan -DTWIN_SANITIZE=thread; then
+      # TSan's engine consumes several times slower: test_engine's kill -9
+      # scenario on a fraction of its stream (the other scenarios at full size).
+      export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+      crash_events_was=${TWIN_TEST_CRASH_EVENTS-unset}
+      export TWIN_TEST_CRASH_EVENTS=${TWIN_TEST_CRASH_EVENTS:-30000}
       step "tsan tests (TSan)" run_ctest build-tsan -L tsan
+      [[ $crash_events_was == unset ]] && unset TWIN_TEST_CRASH_EVENTS
     fi
   else
     skip "TSan build (no tests labelled tsan)"
   fi
-  # ---- 8: fuzzing ------------------------------------------------------------------
   if step "build (build-fuzz/, clang-14 libFuzzer, address,undefined)" configure_and_build build-fuzz \
     -DCMAKE_C_COMPILER=clang-14 -DTWIN_FUZZ=ON -DTWIN_SANITIZE=address,undefined -DBUILD_TESTING=OFF; then
     step "fuzz (${TWIN_FUZZ_SECONDS:-60} s per target)" "$REPO/tests/fuzz/run.sh" "$REPO/build-fuzz"
   fi
 fi
+
+# ---- 9: integration tests, then the fault suite ---------------------------------
+if [[ -n $(cd build && ctest -N -LE "unit|faults" | sed -n 's/^Total Tests: \([1-9][0-9]*\)$/\1/p') ]]; then
+  step "integration + other tests (build/)" run_ctest build -LE "unit|faults"
+else
+  skip "integration + other tests (none registered)"
+fi
+step "fault suite (build/, tests/faults)" run_ctest build -L faults
 
 exit "$FAILED"

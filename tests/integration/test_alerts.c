@@ -69,84 +69,13 @@ static void flush_producer(rd_kafka_t *rk) {
   if (rd_kafka_flush(rk, 30000)) fail_msg("producer flush timed out");
 }
 
-/* ---- Consuming the alerts topic ---------------------------------------------- */
-
-typedef struct {
-  bson_t **docs; /* alert documents in topic order per partition (bson_t must not move) */
-  size_t n, cap;
-  size_t bad_key; /* messages whose key is not their product_id */
-} alerts_t;
-
-static void alerts_push(alerts_t *a, const bson_t *d) {
-  if (a->n == a->cap) {
-    a->cap = a->cap ? a->cap * 2 : 256;
-    a->docs = realloc(a->docs, a->cap * sizeof *a->docs);
-  }
-  a->docs[a->n++] = bson_copy(d);
-}
-
-static void alerts_free(alerts_t *a) {
-  for (size_t i = 0; i < a->n; i++) bson_destroy(a->docs[i]);
-  free(a->docs);
-  memset(a, 0, sizeof *a);
-}
-
-/* Reads the whole alerts topic: until at least min messages arrived and
- * nothing new came for quiet_ms, or timeout_s. Every message is decoded
- * with the generated code; undecodable ones fail the test. */
-static void read_alerts(const h_scenario_t *s, size_t min, int quiet_ms, int timeout_s, alerts_t *out) {
-  char err[512], group[160];
-  memset(out, 0, sizeof *out);
-  snprintf(group, sizeof group, "%s-alerts-reader-%d", s->group, rand());
-  rd_kafka_conf_t *c = rd_kafka_conf_new();
-  rd_kafka_conf_set(c, "bootstrap.servers", s->bootstrap, err, sizeof err);
-  rd_kafka_conf_set(c, "group.id", group, err, sizeof err);
-  rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
-  rd_kafka_conf_set(c, "isolation.level", "read_committed", err, sizeof err);
-  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
-  if (!rk) fail_msg("alerts consumer: %s", err);
-  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(s->partitions);
-  for (int p = 0; p < s->partitions; p++)
-    rd_kafka_topic_partition_list_add(l, s->alerts, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
-  rd_kafka_assign(rk, l);
-  rd_kafka_topic_partition_list_destroy(l);
-  int64_t deadline = (int64_t)time(NULL) + timeout_s, quiet = 0;
-  while ((int64_t)time(NULL) < deadline) {
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-    if (!m) {
-      quiet += 100;
-      if (out->n >= min && quiet >= quiet_ms) break;
-      continue;
-    }
-    if (m->err) {
-      rd_kafka_message_destroy(m);
-      continue;
-    }
-    quiet = 0;
-    Twin__V1__MaintenanceAlert *a = twin__v1__maintenance_alert__unpack(NULL, m->len, m->payload);
-    if (!a) fail_msg("alert at %s[%d]@%lld does not decode", s->alerts, m->partition, (long long)m->offset);
-    if (m->key_len != strlen(a->product_id) || memcmp(m->key, a->product_id, m->key_len) != 0) out->bad_key++;
-    bson_t d = BSON_INITIALIZER;
-    tw_alert_to_bson(a, &d);
-    alerts_push(out, &d);
-    bson_destroy(&d);
-    twin__v1__maintenance_alert__free_unpacked(a, NULL);
-    rd_kafka_message_destroy(m);
-  }
-  rd_kafka_consumer_close(rk);
-  rd_kafka_destroy(rk);
-}
-
-static const char *doc_str(const bson_t *d, const char *k) {
-  bson_iter_t it;
-  return bson_iter_init_find(&it, d, k) && BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : "";
-}
+/* ---- Consuming the alerts topic: h_read_alerts (harness) -------------------- */
 
 /* The alerts of one product, in topic order (one product = one partition). */
-static size_t product_alerts(const alerts_t *a, const char *pid, const bson_t **out, size_t cap) {
+static size_t product_alerts(const h_alerts_t *a, const char *pid, const bson_t **out, size_t cap) {
   size_t n = 0;
   for (size_t i = 0; i < a->n && n < cap; i++)
-    if (strcmp(doc_str(a->docs[i], "product_id"), pid) == 0) out[n++] = a->docs[i];
+    if (strcmp(h_doc_str(a->docs[i], "product_id"), pid) == 0) out[n++] = a->docs[i];
   return n;
 }
 
@@ -275,7 +204,7 @@ static void test_golden_through_kafka(void **state) {
     snprintf(fx[i].name, sizeof fx[i].name, "%s", names[i]);
     fx[i].fx = tw_fixture_load_json(path, err, sizeof err);
     if (!fx[i].fx) fail_msg("%s", err);
-    fx[i].pid = doc_str(fx[i].fx, "product_id");
+    fx[i].pid = h_doc_str(fx[i].fx, "product_id");
     bson_iter_t it;
     assert_true(bson_iter_init_find(&it, fx[i].fx, "events"));
     bson_iter_recurse(&it, &fx[i].events);
@@ -298,8 +227,8 @@ static void test_golden_through_kafka(void **state) {
   }
   fprintf(stderr, "[test] %zu fixtures produced in %d phases\n", nn, phase);
 
-  alerts_t got;
-  read_alerts(&s, expected_total + 1, 3000, 90, &got);
+  h_alerts_t got;
+  h_read_alerts(&s, expected_total + 1, 3000, 90, &got);
   assert_int_equal(got.bad_key, 0);
   for (size_t i = 0; i < nn; i++) {
     const bson_t *mine[64];
@@ -332,8 +261,8 @@ static void test_golden_through_kafka(void **state) {
   const bson_t *wear[8];
   size_t nw = product_alerts(&got, WEAR_PID, wear, 8);
   assert_int_equal(nw, 1);
-  assert_string_equal(doc_str(wear[0], "rule_id"), "brake_wear_predicted");
-  assert_string_equal(doc_str(wear[0], "state"), "RAISED");
+  assert_string_equal(h_doc_str(wear[0], "rule_id"), "brake_wear_predicted");
+  assert_string_equal(h_doc_str(wear[0], "state"), "RAISED");
   bson_iter_t it;
   assert_true(bson_iter_init_find(&it, wear[0], "predicted_at_ms"));
   int64_t pred = bson_iter_int64(&it);
@@ -360,7 +289,7 @@ static void test_golden_through_kafka(void **state) {
 
   assert_int_equal(h_engine_stop(e, SIGTERM), 0);
   rd_kafka_destroy(rk);
-  alerts_free(&got);
+  h_alerts_free(&got);
   for (size_t i = 0; i < nn; i++) {
     bson_destroy(fx[i].fx);
     free(names[i]);
@@ -491,8 +420,8 @@ static void test_crash_dedupe(void **state) {
   assert_true(h_wait_caught_up(&s, 300));
   assert_int_equal(h_engine_stop(e, SIGTERM), 0);
 
-  alerts_t got;
-  read_alerts(&s, want.n, 3000, 120, &got);
+  h_alerts_t got;
+  h_read_alerts(&s, want.n, 3000, 120, &got);
   assert_int_equal(got.bad_key, 0);
   /* Deduplicate by (alert_id, state), keeping the first copy. */
   size_t unique = 0, dups = 0;
@@ -500,8 +429,8 @@ static void test_crash_dedupe(void **state) {
   for (size_t i = 0; i < got.n; i++) {
     bool seen = false;
     for (size_t j = 0; j < i && !seen; j++)
-      seen = keep[j] && strcmp(doc_str(got.docs[i], "alert_id"), doc_str(got.docs[j], "alert_id")) == 0 &&
-             strcmp(doc_str(got.docs[i], "state"), doc_str(got.docs[j], "state")) == 0;
+      seen = keep[j] && strcmp(h_doc_str(got.docs[i], "alert_id"), h_doc_str(got.docs[j], "alert_id")) == 0 &&
+             strcmp(h_doc_str(got.docs[i], "state"), h_doc_str(got.docs[j], "state")) == 0;
     keep[i] = !seen;
     if (seen) {
       dups++;
@@ -523,15 +452,16 @@ static void test_crash_dedupe(void **state) {
     bson_init_static(&w, data, len);
     size_t found = 0;
     for (size_t i = 0; i < got.n; i++) {
-      if (!keep[i] || strcmp(doc_str(&w, "alert_id"), doc_str(got.docs[i], "alert_id")) != 0 ||
-          strcmp(doc_str(&w, "state"), doc_str(got.docs[i], "state")) != 0)
+      if (!keep[i] || strcmp(h_doc_str(&w, "alert_id"), h_doc_str(got.docs[i], "alert_id")) != 0 ||
+          strcmp(h_doc_str(&w, "state"), h_doc_str(got.docs[i], "state")) != 0)
         continue;
       char why[512];
       if (!tw_bson_equal(&w, got.docs[i], why, sizeof why))
-        fail_msg("%s %s differs: %s", doc_str(&w, "alert_id"), doc_str(&w, "state"), why);
+        fail_msg("%s %s differs: %s", h_doc_str(&w, "alert_id"), h_doc_str(&w, "state"), why);
       found++;
     }
-    if (found != 1) fail_msg("%s %s: found %zu times", doc_str(&w, "alert_id"), doc_str(&w, "state"), found);
+    if (found != 1)
+      fail_msg("%s %s: found %zu times", h_doc_str(&w, "alert_id"), h_doc_str(&w, "state"), found);
     matched++;
   }
   assert_int_equal(matched, want.n);
@@ -545,7 +475,7 @@ static void test_crash_dedupe(void **state) {
   h_expected_cleanup(&ex);
 
   free(keep);
-  alerts_free(&got);
+  h_alerts_free(&got);
   bson_destroy(&want.arr);
   rd_kafka_destroy(rk);
   h_scenario_cleanup(&s);

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
 #include "twin/record.h"
 #include "twin/rules.h"
 #include "twin/twin.h"
@@ -222,6 +223,10 @@ bool h_wait_engine_log(const char *needle, int timeout_s) {
 }
 
 pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra) {
+  return h_engine_start_log(s, shards, extra, NULL);
+}
+
+pid_t h_engine_start_log(const h_scenario_t *s, int shards, const char *const *extra, const char *log_path) {
   static int counter = 0;
   char bin[512], sets[20][256], log[300];
   const char *argv[80];
@@ -256,7 +261,10 @@ pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra
     argv[n++] = *extra;
   }
   argv[n] = NULL;
-  snprintf(log, sizeof log, "%s/engine-%d.log", s->logdir, counter++);
+  if (log_path)
+    snprintf(log, sizeof log, "%s", log_path);
+  else
+    snprintf(log, sizeof log, "%s/engine-%d.log", s->logdir, counter++);
   snprintf(g_last_log, sizeof g_last_log, "%s", log);
   pid_t pid = spawn(argv, log);
   /* Return once the engine handles SIGTERM (SigCgt bit 15), so a test that
@@ -307,6 +315,22 @@ int h_stack(const h_scenario_t *s, const char *cmd, const char *component) {
   return system(line);
 }
 
+pid_t h_stack_pid(const h_scenario_t *s, const char *component) {
+  char path[600];
+  const char *dir = getenv("TWIN_STACK_DIR");
+  if (dir && *dir)
+    snprintf(path, sizeof path, "%s/%s/%s.pid", dir, component, component);
+  else
+    snprintf(path, sizeof path, "%s/.stack/%s/%s.pid", s->source_dir, component, component);
+  FILE *f = fopen(path, "r");
+  int pid = 0;
+  if (f) {
+    if (fscanf(f, "%d", &pid) != 1) pid = 0;
+    fclose(f);
+  }
+  return pid > 0 && kill(pid, 0) == 0 ? (pid_t)pid : 0;
+}
+
 /* ---- Progress -------------------------------------------------------------- */
 
 int64_t h_end_offsets_total(const h_scenario_t *s) {
@@ -316,7 +340,13 @@ int64_t h_end_offsets_total(const h_scenario_t *s) {
   for (int t = 0; t < 2; t++) {
     for (int p = 0; p < s->partitions; p++) {
       int64_t lo, hi;
-      rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, topics[t], p, &lo, &hi, 10000);
+      rd_kafka_resp_err_t err;
+      /* A broker that just restarted answers "not leader" for a while. */
+      for (int attempt = 0;; attempt++) {
+        err = rd_kafka_query_watermark_offsets(rk, topics[t], p, &lo, &hi, 10000);
+        if (!err || attempt == 60) break;
+        msleep(500);
+      }
       if (err) fail_msg("watermarks %s[%d]: %s", topics[t], p, rd_kafka_err2str(err));
       total += hi;
     }
@@ -364,8 +394,16 @@ bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
 
 /* ---- Expected state -------------------------------------------------------- */
 
+static const char *const g_interleaved_rules[] = {"service_due", "brake_wear_predicted"};
+
+bool h_alert_rule_interleaved(const char *rule) {
+  for (size_t k = 0; k < 2; k++)
+    if (strcmp(rule, g_interleaved_rules[k]) == 0) return true;
+  return false;
+}
+
 void h_strip_interleaved_alerts(tw_twin_t *t) {
-  static const char *const rules[] = {"service_due", "brake_wear_predicted"};
+  const char *const *rules = g_interleaved_rules;
   for (size_t k = 0; k < 2; k++) {
     for (uint32_t i = 0; i < t->n_alerts; i++) {
       if (strcmp(t->alerts[i].rule, rules[k]) != 0) continue;
@@ -390,6 +428,11 @@ void h_strip_interleaved_alerts(tw_twin_t *t) {
 
 /* The engine's rules (the built-ins), evaluated as a shard does. */
 void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *out) {
+  h_expected_build_alerts(s, seq_window, out, NULL, NULL);
+}
+
+void h_expected_build_alerts(const h_scenario_t *s, uint32_t seq_window, h_expected_t *out, tw_alert_cb cb,
+                             void *ud) {
   char rerr[256];
   tw_rules_t *rules = tw_rules_compile(true, NULL, 0, rerr, sizeof rerr);
   if (!rules) fail_msg("%s", rerr);
@@ -411,7 +454,7 @@ void h_expected_build(const h_scenario_t *s, uint32_t seq_window, h_expected_t *
       out->garbage++;
       continue;
     }
-    tw_apply_event(rules, tw_map_get_or_new(&out->twins, env->product_id, seq_window), env, NULL, NULL, NULL);
+    tw_apply_event(rules, tw_map_get_or_new(&out->twins, env->product_id, seq_window), env, NULL, cb, ud);
     out->valid++;
     twin__v1__envelope__free_unpacked(env, NULL);
   }
@@ -444,6 +487,8 @@ typedef struct {
   const h_expected_t *e;
   int diffs;
   size_t docs;
+  int64_t lost, duplicated;
+  tw_map_t found; /* expected twins seen in the store (not owned) */
 } cmp_ctx_t;
 
 static void print_twin(const char *label, const tw_twin_t *t) {
@@ -467,8 +512,12 @@ static void cmp_doc(void *ud, const bson_t *doc) {
   }
   tw_twin_t *want = tw_map_get(&c->e->twins, got->product_id);
   if (!want) {
+    c->duplicated += (int64_t)got->seen;
     if (c->diffs++ < 3) fprintf(stderr, "[harness] unexpected twin %s\n", got->product_id);
   } else {
+    if (got->seen < want->seen) c->lost += (int64_t)(want->seen - got->seen);
+    if (got->seen > want->seen) c->duplicated += (int64_t)(got->seen - want->seen);
+    if (!tw_map_get(&c->found, want->product_id)) tw_map_put(&c->found, want);
     got->seq_window = want->seq_window;     /* window bits were read with the default */
     got->offsets[0] = got->offsets[1] = -1; /* Kafka offsets are not part of the expected state */
     h_strip_interleaved_alerts(got);
@@ -484,8 +533,20 @@ static void cmp_doc(void *ud, const bson_t *doc) {
 }
 
 int h_compare_store(const h_scenario_t *s, const h_expected_t *e) {
-  cmp_ctx_t c = {e, 0, 0};
+  int64_t lost, dup;
+  return h_compare_store_counts(s, e, &lost, &dup);
+}
+
+int h_compare_store_counts(const h_scenario_t *s, const h_expected_t *e, int64_t *lost, int64_t *duplicated) {
+  cmp_ctx_t c = {e, 0, 0, 0, 0, {0}};
+  tw_map_init(&c.found);
   each_twin(s, cmp_doc, &c);
+  for (size_t i = 0; i < e->twins.cap; i++) /* twins missing from the store lose all their events */
+    if (e->twins.slots[i] && !tw_map_get(&c.found, e->twins.slots[i]->product_id))
+      c.lost += (int64_t)e->twins.slots[i]->seen;
+  tw_map_cleanup(&c.found, false);
+  *lost = c.lost;
+  *duplicated = c.duplicated;
   if (c.docs != e->twins.len) {
     fprintf(stderr, "[harness] %zu twins stored, %zu expected\n", c.docs, e->twins.len);
     c.diffs++;
@@ -624,4 +685,74 @@ int64_t h_count_dlq(const h_scenario_t *s, int64_t *bad_headers) {
   rd_kafka_consumer_close(rk);
   rd_kafka_destroy(rk);
   return got;
+}
+
+/* ---- Alerts topic ---------------------------------------------------------- */
+
+static void alerts_push(h_alerts_t *a, const bson_t *d) {
+  if (a->n == a->cap) {
+    a->cap = a->cap ? a->cap * 2 : 256;
+    a->docs = realloc(a->docs, a->cap * sizeof *a->docs);
+  }
+  a->docs[a->n++] = bson_copy(d);
+}
+
+void h_alerts_free(h_alerts_t *a) {
+  for (size_t i = 0; i < a->n; i++) bson_destroy(a->docs[i]);
+  free(a->docs);
+  memset(a, 0, sizeof *a);
+}
+
+const char *h_doc_str(const bson_t *d, const char *k) {
+  bson_iter_t it;
+  return bson_iter_init_find(&it, d, k) && BSON_ITER_HOLDS_UTF8(&it) ? bson_iter_utf8(&it, NULL) : "";
+}
+
+void h_read_alerts(const h_scenario_t *s, size_t min, int quiet_ms, int timeout_s, h_alerts_t *out) {
+  char err[512], group[160];
+  memset(out, 0, sizeof *out);
+  snprintf(group, sizeof group, "%s-alerts-reader-%d", s->group, rand());
+  rd_kafka_conf_t *c = rd_kafka_conf_new();
+  rd_kafka_conf_set(c, "bootstrap.servers", s->bootstrap, err, sizeof err);
+  rd_kafka_conf_set(c, "group.id", group, err, sizeof err);
+  rd_kafka_conf_set(c, "enable.auto.commit", "false", err, sizeof err);
+  rd_kafka_conf_set(c, "isolation.level", "read_committed", err, sizeof err);
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, err, sizeof err);
+  if (!rk) fail_msg("alerts consumer: %s", err);
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(s->partitions);
+  size_t there = 0; /* messages on the topic when we start */
+  for (int p = 0; p < s->partitions; p++) {
+    int64_t lo = 0, hi = 0;
+    if (rd_kafka_query_watermark_offsets(rk, s->alerts, p, &lo, &hi, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+      there += (size_t)(hi - lo);
+    rd_kafka_topic_partition_list_add(l, s->alerts, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  }
+  rd_kafka_assign(rk, l);
+  rd_kafka_topic_partition_list_destroy(l);
+  int64_t deadline = (int64_t)time(NULL) + timeout_s, quiet = 0;
+  while ((int64_t)time(NULL) < deadline) {
+    if (out->n >= min && out->n >= there && there > 0) break;
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+    if (!m) {
+      quiet += 100;
+      if (out->n >= min && quiet >= quiet_ms) break;
+      continue;
+    }
+    if (m->err) {
+      rd_kafka_message_destroy(m);
+      continue;
+    }
+    quiet = 0;
+    Twin__V1__MaintenanceAlert *a = twin__v1__maintenance_alert__unpack(NULL, m->len, m->payload);
+    if (!a) fail_msg("alert at %s[%d]@%lld does not decode", s->alerts, m->partition, (long long)m->offset);
+    if (m->key_len != strlen(a->product_id) || memcmp(m->key, a->product_id, m->key_len) != 0) out->bad_key++;
+    bson_t d = BSON_INITIALIZER;
+    tw_alert_to_bson(a, &d);
+    alerts_push(out, &d);
+    bson_destroy(&d);
+    twin__v1__maintenance_alert__free_unpacked(a, NULL);
+    rd_kafka_message_destroy(m);
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
 }

@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "map.h"
+#include "twin/rules.h"
 #include "twin/twin.h"
 
 typedef struct {
@@ -82,5 +83,40 @@ int h_check_truth(const h_scenario_t *s);
 int64_t h_count_dlq(const h_scenario_t *s, int64_t *bad_headers);
 /* Runs deploy/local/stack.sh with args (e.g. "down", "ferretdb"). */
 int h_stack(const h_scenario_t *s, const char *cmd, const char *component);
+
+/* ---- Fault tests (tests/faults/) ---------------------------------------- */
+
+/* h_engine_start with the engine's stderr (its log) sent to log_path
+ * instead of logdir/engine-<n>.log (e.g. a file on a full disk). */
+pid_t h_engine_start_log(const h_scenario_t *s, int shards, const char *const *extra, const char *log_path);
+/* The pid in deploy/local/stack.sh's pid file of component ("kafka",
+ * "ferretdb") under TWIN_STACK_DIR (default <source>/.stack); 0 if none. */
+pid_t h_stack_pid(const h_scenario_t *s, const char *component);
+/* h_compare_store that also counts events: *lost = events the truth has
+ * that the stored twins lack (per twin, events that reached the reducer;
+ * a missing twin loses all of its), *duplicated = events stored beyond
+ * the truth (an event applied twice, an unexpected twin). */
+int h_compare_store_counts(const h_scenario_t *s, const h_expected_t *e, int64_t *lost, int64_t *duplicated);
+/* h_expected_build that also reports each expected alert transition to cb
+ * (the record replayed in its order, topic by topic as produced). */
+void h_expected_build_alerts(const h_scenario_t *s, uint32_t seq_window, h_expected_t *out, tw_alert_cb cb,
+                             void *ud);
+/* True for the rules h_strip_interleaved_alerts drops. */
+bool h_alert_rule_interleaved(const char *rule);
+
+/* The alerts topic read back: every message decoded with the generated
+ * code (twin__v1__maintenance_alert__unpack) as tw_alert_to_bson documents. */
+typedef struct {
+  bson_t **docs; /* in topic order per partition */
+  size_t n, cap;
+  size_t bad_key; /* messages whose key is not their product_id */
+} h_alerts_t;
+/* Reads the whole alerts topic: until at least min messages arrived and
+ * either every message there at the start was read or nothing new came for
+ * quiet_ms; at most timeout_s. Undecodable messages fail the test. */
+void h_read_alerts(const h_scenario_t *s, size_t min, int quiet_ms, int timeout_s, h_alerts_t *out);
+void h_alerts_free(h_alerts_t *a);
+/* A UTF-8 field of a document, "" when absent. */
+const char *h_doc_str(const bson_t *d, const char *k);
 
 #endif

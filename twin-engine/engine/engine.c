@@ -596,6 +596,16 @@ static void run_commands(shard_t *s) {
       p->owned = true;
       p->next = i->offset >= 0 ? i->offset : -1;
       p->ckpt = p->next;
+      /* librdkafka keeps a partition's pause across unassign and assign: one
+       * revoked while this shard was paused (outage_end resumes owned
+       * partitions only) would come back paused and never be read. */
+      rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+      rd_kafka_topic_partition_list_add(l, s->e->topics[p->topic_idx], p->partition);
+      if (s->outage)
+        rd_kafka_pause_partitions(s->e->consumer, l);
+      else
+        rd_kafka_resume_partitions(s->e->consumer, l);
+      rd_kafka_topic_partition_list_destroy(l);
     } else {
       p->owned = false;
       revoked = true;

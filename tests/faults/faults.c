@@ -1,0 +1,232 @@
+/* faults.c - see faults.h. */
+#include "faults.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static unsigned g_seed;
+
+void f_seed_init(void) {
+  const char *seed = getenv("TWIN_TEST_SEED");
+  g_seed = seed && *seed ? (unsigned)strtoul(seed, NULL, 10) : (unsigned)time(NULL);
+  fprintf(stderr, "[fault] TWIN_TEST_SEED=%u (set it to replay these fault points)\n", g_seed);
+  srand(g_seed);
+}
+
+int f_rnd(int lo, int hi) { return lo + (int)(rand_r(&g_seed) % (unsigned)(hi - lo + 1)); }
+
+void f_msleep(int ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+int64_t f_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static FILE *summary_file(void) {
+  const char *path = getenv("TWIN_TEST_FAULTS_SUMMARY");
+  return fopen(path && *path ? path : "faults-summary.tsv", "a");
+}
+
+void f_begin(f_run_t *r, const char *name) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "%s", name);
+  r->t0_ms = f_now_ms();
+  /* Replaced by f_finish's line; left as is when the scenario fails before
+   * its end check, so the table shows it did not finish. */
+  FILE *f = summary_file();
+  if (f) {
+    fprintf(f, "%s\t-\t-\t-\t-\t-\t-\t-\t-\tUNFINISHED\n", r->name);
+    fclose(f);
+  }
+}
+
+/* ---- Expected alert transitions -------------------------------------------- */
+
+typedef struct {
+  char **v;
+  size_t n, cap;
+} strs_t;
+
+static void strs_add(strs_t *s, const char *alert_id, const char *state) {
+  if (s->n == s->cap) {
+    s->cap = s->cap ? s->cap * 2 : 256;
+    s->v = realloc(s->v, s->cap * sizeof *s->v);
+  }
+  size_t len = strlen(alert_id) + strlen(state) + 2;
+  s->v[s->n] = malloc(len);
+  snprintf(s->v[s->n++], len, "%s %s", alert_id, state);
+}
+
+static void strs_free(strs_t *s) {
+  for (size_t i = 0; i < s->n; i++) free(s->v[i]);
+  free(s->v);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void on_expected_alert(void *ud, const Twin__V1__MaintenanceAlert *a) {
+  if (h_alert_rule_interleaved(a->rule_id)) return; /* depends on how the two topics interleave */
+  strs_add(ud, a->alert_id, a->state == TWIN__V1__ALERT_STATE__RAISED ? "RAISED" : "CLEARED");
+}
+
+/* ---- The end check ---------------------------------------------------------- */
+
+void f_finish(f_run_t *r, const h_scenario_t *s) {
+  int64_t events = h_end_offsets_total(s);
+  h_expected_t e;
+  strs_t want = {0};
+  h_expected_build_alerts(s, 64, &e, on_expected_alert, &want);
+  int64_t lost = 0, dup = 0;
+  int diffs = h_compare_store_counts(s, &e, &lost, &dup);
+  int truth = h_check_truth(s);
+
+  /* Alerts: the expected transitions against the deduplicated topic. */
+  qsort(want.v, want.n, sizeof *want.v, cmp_str);
+  size_t wn = 0; /* unique */
+  for (size_t i = 0; i < want.n; i++)
+    if (wn == 0 || strcmp(want.v[wn - 1], want.v[i]) != 0)
+      want.v[wn++] = want.v[i];
+    else
+      free(want.v[i]);
+  want.n = wn;
+  h_alerts_t got;
+  h_read_alerts(s, want.n, 3000, 120, &got);
+  strs_t seen = {0};
+  for (size_t i = 0; i < got.n; i++) {
+    if (h_alert_rule_interleaved(h_doc_str(got.docs[i], "rule_id"))) continue;
+    strs_add(&seen, h_doc_str(got.docs[i], "alert_id"), h_doc_str(got.docs[i], "state"));
+  }
+  qsort(seen.v, seen.n, sizeof *seen.v, cmp_str);
+  size_t repeated = 0, unexpected = 0, missing = 0, unique = 0;
+  for (size_t i = 0; i < seen.n; i++) {
+    if (i > 0 && strcmp(seen.v[i - 1], seen.v[i]) == 0) {
+      repeated++;
+      continue;
+    }
+    unique++;
+    if (!bsearch(&seen.v[i], want.v, want.n, sizeof *want.v, cmp_str) && unexpected++ < 3)
+      fprintf(stderr, "[fault] unexpected alert transition on the topic: %s\n", seen.v[i]);
+  }
+  for (size_t i = 0; i < want.n; i++)
+    if (!bsearch(&want.v[i], seen.v, seen.n, sizeof *seen.v, cmp_str) && missing++ < 3)
+      fprintf(stderr, "[fault] expected alert transition missing from the topic: %s\n", want.v[i]);
+
+  /* What the simulator sent must all be in Kafka: a loss there would not
+   * be the engine's, and the comparison would blame it. */
+  int64_t sent = (int64_t)(e.valid + e.garbage);
+  if (events != sent)
+    fprintf(stderr, "[fault] the input topics hold %lld messages, twin-sim sent %lld\n", (long long)events,
+            (long long)sent);
+  double secs = (double)(f_now_ms() - r->t0_ms) / 1000.0;
+  bool ok = events == sent && diffs == 0 && truth == 0 && lost == 0 && dup == 0 && missing == 0 &&
+            unexpected == 0 && got.bad_key == 0 && e.twins.len > 0 && want.n > 0;
+  fprintf(stderr,
+          "[fault] %s: %lld events, %d faults injected; twins: %zu expected, %d differences, truth %d "
+          "differences, %lld events lost, %lld duplicated; alerts: %zu expected transitions, %zu on the "
+          "topic (%zu unique, %zu repeated), %zu missing, %zu unexpected; %.1f s: %s\n",
+          r->name, (long long)events, r->faults, e.twins.len, diffs, truth, (long long)lost, (long long)dup,
+          want.n, seen.n, unique, repeated, missing, unexpected, secs, ok ? "ok" : "FAILED");
+
+  FILE *f = summary_file();
+  if (f) {
+    fprintf(f, "%s\t%lld\t%d\t%lld\t%lld\t%zu\t%zu\t%zu\t%.1f\t%s\n", r->name, (long long)events, r->faults,
+            (long long)lost, (long long)dup, want.n, missing, repeated, secs, ok ? "ok" : "FAIL");
+    fclose(f);
+  }
+
+  assert_int_equal(events, sent);
+  assert_true(e.twins.len > 0);
+  assert_true(want.n > 0); /* the fleet must exercise the alert rules */
+  assert_int_equal(diffs, 0);
+  assert_int_equal(truth, 0);
+  assert_int_equal(lost, 0);
+  assert_int_equal(dup, 0);
+  assert_int_equal(got.bad_key, 0);
+  assert_int_equal(missing, 0);
+  assert_int_equal(unexpected, 0);
+  h_alerts_free(&got);
+  strs_free(&want);
+  strs_free(&seen);
+  h_expected_cleanup(&e);
+}
+
+long long f_log_final_count(const char *log, const char *key) {
+  FILE *f = fopen(log, "r");
+  if (!f) return -1;
+  char line[4096], pat[64];
+  snprintf(pat, sizeof pat, " %s=", key);
+  long long sum = 0;
+  bool any = false;
+  while (fgets(line, sizeof line, f)) {
+    if (!strstr(line, "[stats] final ")) continue;
+    const char *p = strstr(line, pat);
+    if (!p) continue;
+    sum += strtoll(p + strlen(pat), NULL, 10);
+    any = true;
+  }
+  fclose(f);
+  return any ? sum : -1;
+}
+
+int f_engine_http_port(const char *log) {
+  FILE *f = fopen(log, "r");
+  if (!f) return 0;
+  char line[4096];
+  int port = 0;
+  while (fgets(line, sizeof line, f)) {
+    const char *p = strstr(line, "listening on http://127.0.0.1:");
+    if (p) port = atoi(p + strlen("listening on http://127.0.0.1:"));
+  }
+  fclose(f);
+  return port;
+}
+
+bool f_http_get(int port, const char *path, char *buf, size_t cap) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char req[512];
+  int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+  bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, req, (size_t)n) == n;
+  size_t len = 0;
+  ssize_t got;
+  while (ok && len + 1 < cap && (got = read(fd, buf + len, cap - 1 - len)) > 0) len += (size_t)got;
+  close(fd);
+  buf[len] = '\0';
+  const char *body = strstr(buf, "\r\n\r\n");
+  if (!ok || !body || strncmp(buf, "HTTP/1.", 7) != 0 || atoi(buf + 9) != 200) return false;
+  memmove(buf, body + 4, strlen(body + 4) + 1);
+  return true;
+}
+
+double f_metric_max(const char *body, const char *name) {
+  double max = -1;
+  size_t nl = strlen(name);
+  for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+    if (strncmp(p, name, nl) != 0 || (p[nl] != '{' && p[nl] != ' ')) continue;
+    const char *sp = strchr(p, ' ');
+    const char *eol = strchr(p, '\n');
+    if (!sp || (eol && sp > eol)) continue;
+    double v = strtod(sp + 1, NULL);
+    if (v > max) max = v;
+  }
+  return max;
+}

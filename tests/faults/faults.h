@@ -1,0 +1,48 @@
+/* faults.h - what every fault scenario (tests/faults/test_fault_*.c) shares:
+ * the seed, timing, and the end check.
+ *
+ * The end check compares MongoDB with the state computed from twin-sim's
+ * record (every twin exact, none missing, no event applied twice), the
+ * stored twins with twin-sim's truth file, and the alerts topic with the
+ * transitions the record gives (each expected (alert_id, state) present,
+ * nothing else; repeats after a crash are allowed and counted, consumers
+ * deduplicate by alert_id). It appends one line to the summary table
+ * (TWIN_TEST_FAULTS_SUMMARY, see tests/faults/summary.sh) before asserting, so a
+ * failed scenario shows its numbers too. */
+#ifndef TWIN_TEST_FAULTS_H
+#define TWIN_TEST_FAULTS_H
+
+#include <stdint.h>
+
+#include "harness.h"
+
+typedef struct {
+  char name[64];
+  int64_t t0_ms;
+  int faults; /* faults injected, counted by the scenario */
+} f_run_t;
+
+/* TWIN_TEST_SEED or the time; printed so a failure can be replayed. */
+void f_seed_init(void);
+/* Uniform in [lo, hi], from the seed. */
+int f_rnd(int lo, int hi);
+void f_msleep(int ms);
+int64_t f_now_ms(void);
+
+void f_begin(f_run_t *r, const char *name);
+/* The end check (see above); fails the test on any difference. */
+void f_finish(f_run_t *r, const h_scenario_t *s);
+
+/* Sums the "replayed=" counts of the engine's final stats lines in log. */
+long long f_log_final_count(const char *log, const char *key);
+
+/* The engine's HTTP port, from "listening on http://127.0.0.1:PORT" in its
+ * log; 0 if not there (yet). */
+int f_engine_http_port(const char *log);
+/* GET http://127.0.0.1:port/path; the body (NUL-terminated) in buf. */
+bool f_http_get(int port, const char *path, char *buf, size_t cap);
+/* The largest value of a metric's samples in a Prometheus text body, -1 if
+ * none. */
+double f_metric_max(const char *body, const char *name);
+
+#endif
