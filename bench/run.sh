@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh - twin-engine benchmarks, side by side with a Kafka Streams
 # peer, on this machine, in one command. Prints a table and writes
-# bench/results/<date>-<host>.md.
+# bench/results/<date>-<host>-<scale>.md.
 #
 #   bench/run.sh                     the issue's sizes (100,000 products, 10 M events; 1 M twins)
 #   BENCH_SCALE=quick bench/run.sh   a smaller run (10,000 products, 500,000 events; 100,000 twins)
@@ -43,6 +43,7 @@ BROKERS=${TWIN_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
 MONGO=${TWIN_MONGO_URI:-mongodb://127.0.0.1:27017}
 HTTP_PORT=${BENCH_HTTP_PORT:-18090}
 RUN=$(date +%Y%m%d%H%M%S)
+RUN_GIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "?")$(git -C "$REPO" diff --quiet HEAD -- twin-engine include bench 2>/dev/null || echo "+changes")
 WORK=${BENCH_WORK:-$REPO/.bench}
 CACHE=$WORK/cache
 LOGS=$WORK/$RUN
@@ -380,11 +381,11 @@ phase_peer() {
 # ---- results ---------------------------------------------------------------------------
 write_results() {
   local out
-  out=$HERE/results/$(date +%Y-%m-%d)-$(hostname).md
+  out=$HERE/results/$(date +%Y-%m-%d)-$(hostname)-$SCALE.md
   {
     echo "# twin-engine benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(hostname)"
     echo
-    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')."
+    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
     echo
     echo "| what | result | how |"
     echo "|---|---|---|"
