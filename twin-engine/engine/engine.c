@@ -914,18 +914,15 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
 }
 
 static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool lost) {
-  /* Unassign first: it retires the partitions' fetch version, so no message
-   * fetched under this assignment can reach a shard after its revoke
-   * command (or be taken for the next assignment's, skipping offsets). */
-  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
-    rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
-    if (err) {
-      TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
-      rd_kafka_error_destroy(err);
-    }
-  } else {
-    rd_kafka_assign(e->consumer, NULL); /* eager: the whole assignment goes */
-  }
+  /* Flush and checkpoint before giving the partitions up. librdkafka rejoins
+   * the group as soon as the assignment is released, so releasing first let
+   * the next owner start from the old checkpoint while this instance was
+   * still flushing: two writers of the same twins, and events lost when the
+   * snapshot of the one behind won (test_rebalance, test_fault_group).
+   * Pausing first stops the fetches; the shards drop what is still queued
+   * for partitions they no longer own, and the release below retires the
+   * fetch version, so no message of this assignment reaches the next one. */
+  rd_kafka_pause_partitions(e->consumer, parts);
   atomic_fetch_sub(&e->assigned, parts->cnt);
   uint64_t *wait = tw_xcalloc((size_t)e->n_shards, sizeof *wait);
   for (int i = 0; i < parts->cnt; i++) {
@@ -937,6 +934,15 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
   for (int k = 0; k < e->n_shards; k++)
     if (wait[k]) shard_wait(&e->shards[k], wait[k]);
   free(wait);
+  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
+    rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
+    if (err) {
+      TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
+      rd_kafka_error_destroy(err);
+    }
+  } else {
+    rd_kafka_assign(e->consumer, NULL); /* eager: the whole assignment goes */
+  }
   TW_INFO("engine", "%s %d partitions (flushed and checkpointed)", lost ? "lost" : "revoked", parts->cnt);
 }
 
