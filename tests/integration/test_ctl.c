@@ -33,21 +33,6 @@ static size_t g_n;
 
 /* ---- Helpers ------------------------------------------------------------------- */
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 4096, n = 0;
-  char *buf = malloc(cap);
-  size_t got;
-  while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-    n += got;
-    if (cap - n < 2) buf = realloc(buf, cap *= 2);
-  }
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
-}
-
 /* Splits buf in place into lines (without the newline); returns the count. */
 static size_t split_lines(char *buf, char ***lines) {
   size_t n = 0, cap = 64;
@@ -79,8 +64,8 @@ static int ctl(char **out, char **err, const char *fmt, ...) {
            err_path);
   int st = system(cmd);
   int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  if (out) *out = slurp(out_path);
-  if (err) *err = slurp(err_path);
+  if (out) *out = h_slurp(out_path);
+  if (err) *err = h_slurp(err_path);
   fprintf(stderr, "[test] twinctl %s -> %d\n", args, rc);
   return rc;
 }
@@ -613,7 +598,7 @@ static bool exists(const char *path) {
 
 /* The stored checkpoints as meta.json renders them: sorted by _id. */
 static void check_meta(const char *path, const char *format, size_t count) {
-  char *text = slurp(path);
+  char *text = h_slurp(path);
   assert_non_null(text);
   bson_error_t e;
   bson_t *meta = bson_new_from_json((const uint8_t *)text, -1, &e);
@@ -669,7 +654,7 @@ static void test_export_ndjson(void **state) {
   assert_false(exists(tmp));
 
   /* Every line parses and is the stored document, in _id order. */
-  char *text = slurp(path), **lines;
+  char *text = h_slurp(path), **lines;
   assert_non_null(text);
   assert_int_equal(split_lines(text, &lines), g_n);
   for (size_t i = 0; i < g_n; i++) {
@@ -694,7 +679,7 @@ static void test_export_ndjson(void **state) {
   size_t want = 0;
   for (size_t i = 0; i < g_n; i++) want += p_stage(g_docs[i], "IN_SERVICE");
   assert_int_equal(ctl(NULL, NULL, "export --format=ndjson --out=%s --stage IN_SERVICE", path), 0);
-  text = slurp(path);
+  text = h_slurp(path);
   assert_int_equal(split_lines(text, &lines), want);
   free(lines);
   free(text);
@@ -717,7 +702,7 @@ static void test_export_csv(void **state) {
                       "print(json.dumps(r))' %s > %s",
                       path, parsed),
                    0);
-  char *text = slurp(parsed), **lines;
+  char *text = h_slurp(parsed), **lines;
   assert_int_equal(split_lines(text, &lines), g_n);
   for (size_t i = 0; i < g_n; i++) {
     const bson_t *d = g_docs[i];
@@ -760,7 +745,7 @@ static void test_export_csv(void **state) {
   free(lines);
   free(text);
   /* RFC 4180 line ends. */
-  text = slurp(path);
+  text = h_slurp(path);
   assert_true(contains(text, "\r\n"));
   free(text);
 }
@@ -878,7 +863,7 @@ static void test_alerts_and_quoting(void **state) {
                       "print(json.dumps(r))' %s > %s",
                       path, parsed),
                    0);
-  char *text = slurp(parsed);
+  char *text = h_slurp(parsed);
   assert_int_equal(split_lines(text, &lines), 2);
   for (int i = 0; i < 2; i++) {
     bson_t *r = bson_new_from_json((const uint8_t *)lines[i], -1, NULL);

@@ -44,20 +44,6 @@ static char g_base[128];
 
 /* ---- Helpers ------------------------------------------------------------------- */
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 4096, n = 0, got;
-  char *buf = malloc(cap);
-  while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-    n += got;
-    if (cap - n < 2) buf = realloc(buf, cap *= 2);
-  }
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
-}
-
 static bool contains(const char *hay, const char *needle) { return hay && strstr(hay, needle) != NULL; }
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -84,7 +70,7 @@ static void wait_listening(const char *log, const char *scheme, char *base, size
   snprintf(needle, sizeof needle, "listening on %s://", scheme);
   if (!h_wait_engine_log(needle, 60))
     fail_msg("the engine did not log '%s' within 60 s (see %s)", needle, log);
-  char *text = slurp(log);
+  char *text = h_slurp(log);
   const char *p = strstr(text, needle);
   assert_non_null(p);
   const char *host = p + strlen("listening on ");
@@ -299,7 +285,7 @@ static void test_refusals(void **state) {
     if (cases[i].set2) snprintf(a2, sizeof a2, cases[i].set2, g_s.logdir);
     const char *extra[] = {"http.listen=127.0.0.1:0", a1, cases[i].set2 ? a2 : NULL, NULL};
     int rc = wait_exit(engine_start(extra, log, sizeof log));
-    char *text = slurp(log);
+    char *text = h_slurp(log);
     fprintf(stderr, "[test] %s -> exit %d\n", a1, rc);
     if (rc == 0 || !contains(text, cases[i].must_name))
       fail_msg("engine with %s: exit %d, log must name %s:\n%s", a1, rc, cases[i].must_name, text);
@@ -317,7 +303,7 @@ static void test_refusals(void **state) {
   const char *extra[] = {arg, NULL};
   int rc = wait_exit(engine_start(extra, log, sizeof log));
   close(fd);
-  char *text = slurp(log);
+  char *text = h_slurp(log);
   if (rc == 0 || !contains(text, "http.listen"))
     fail_msg("engine on a busy port: exit %d, log must name http.listen:\n%s", rc, text);
   free(text);
@@ -329,7 +315,7 @@ static void test_settings(void **state) {
   char out[400];
   snprintf(out, sizeof out, "%s/settings.out", g_s.logdir);
   assert_int_equal(sh("%s/twin-engine --help-config > %s", g_s.bin_dir, out), 0);
-  char *text = slurp(out);
+  char *text = h_slurp(out);
   const char *keys[] = {"http.listen",  "http.tokens",    "http.tokens.file", "http.tls.cert",
                         "http.tls.key", "http.max.limit", "http.threads",     "127.0.0.1:8080"};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
@@ -340,7 +326,7 @@ static void test_settings(void **state) {
                       "check-config --set http.max.limit=77 > %s 2>&1",
                       g_s.bin_dir, out),
                    0);
-  text = slurp(out);
+  text = h_slurp(out);
   assert_true(contains(text, "http.listen=[::1]:9191"));
   assert_true(contains(text, "http.max.limit=77"));
   assert_true(contains(text, "http.tokens=(secret)"));
@@ -363,7 +349,7 @@ static void test_settings(void **state) {
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     int rc = sh("%s/twin-engine check-config %s > %s 2>&1", g_s.bin_dir, bad[i].sets, out);
-    text = slurp(out);
+    text = h_slurp(out);
     if (rc != 2 || !contains(text, bad[i].must_name))
       fail_msg("check-config %s: exit %d, output must name %s: %s", bad[i].sets, rc, bad[i].must_name, text);
     free(text);

@@ -41,20 +41,6 @@ static const char *const SECRETS[] = {S_SASL, S_SSLKEY, S_TOKEN_ENV, S_TOKEN_FIL
 
 static h_scenario_t g_s;
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 4096, n = 0, got;
-  char *buf = malloc(cap);
-  while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-    n += got;
-    if (cap - n < 2) buf = realloc(buf, cap *= 2);
-  }
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
-}
-
 static void assert_no_secret(const char *what, const char *text) {
   for (size_t i = 0; i < N_SECRETS; i++)
     if (text && strstr(text, SECRETS[i])) fail_msg("%s shows the secret '%s'", what, SECRETS[i]);
@@ -78,7 +64,7 @@ static char *capture(const char *cmd) {
 /* The engine's HTTP port, from its "listening on http://127.0.0.1:PORT" line. */
 static int wait_port(const char *log) {
   if (!h_wait_engine_log("listening on http://", 60)) fail_msg("no 'listening on' line in %s", log);
-  char *text = slurp(log);
+  char *text = h_slurp(log);
   const char *p = strstr(text, "listening on http://127.0.0.1:");
   assert_non_null(p);
   int port = atoi(p + strlen("listening on http://127.0.0.1:"));
@@ -256,7 +242,7 @@ static void test_secrets_and_limits(void **state) {
   free(resp);
 
   assert_int_equal(h_engine_stop(pid, SIGTERM), 0);
-  char *text = slurp(log);
+  char *text = h_slurp(log);
   assert_non_null(text);
   assert_true(strlen(text) > 1000); /* debug level: plenty was logged */
   assert_no_secret("the engine log", text);
@@ -275,7 +261,7 @@ static void test_secrets_in_errors(void **state) {
   if (!h_wait_engine_log("not reachable", 60))
     fail_msg("the engine did not report MongoDB unreachable (%s)", log);
   h_engine_stop(pid, SIGTERM);
-  char *text = slurp(log);
+  char *text = h_slurp(log);
   assert_no_secret("the engine log (MongoDB unreachable)", text);
   free(text);
 

@@ -54,20 +54,6 @@ static int sh(const char *fmt, ...) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 4096, n = 0, got;
-  char *buf = malloc(cap);
-  while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
-    n += got;
-    if (cap - n < 2) buf = realloc(buf, cap *= 2);
-  }
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
-}
-
 static void write_json(const char *path, const bson_t *doc) {
   char *j = bson_as_relaxed_extended_json(doc, NULL);
   FILE *f = fopen(path, "w");
@@ -81,7 +67,7 @@ static void write_json(const char *path, const bson_t *doc) {
 static void base_url(const char *log, char *base, size_t cap) {
   if (!h_wait_engine_log("listening on http://", 60))
     fail_msg("the engine did not start its HTTP server (%s)", log);
-  char *text = slurp(log);
+  char *text = h_slurp(log);
   const char *p = strstr(text, "listening on http://");
   assert_non_null(p);
   p += strlen("listening on ");

@@ -756,3 +756,18 @@ void h_read_alerts(const h_scenario_t *s, size_t min, int quiet_ms, int timeout_
   rd_kafka_consumer_close(rk);
   rd_kafka_destroy(rk);
 }
+
+char *h_slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  size_t got;
+  while ((got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+    n += got;
+    if (cap - n < 2) buf = realloc(buf, cap *= 2);
+  }
+  buf[n] = '\0';
+  fclose(f);
+  return buf;
+}

@@ -119,4 +119,7 @@ void h_alerts_free(h_alerts_t *a);
 /* A UTF-8 field of a document, "" when absent. */
 const char *h_doc_str(const bson_t *d, const char *k);
 
+/* The whole file as a string (owned), NULL if it cannot be opened. */
+char *h_slurp(const char *path);
+
 #endif
