@@ -166,7 +166,7 @@ static void test_export_while_consuming(void **state) {
   const char *sim[] = {"--seed",       "31",   "--products", "200",  "--events",  "75000", "--rate",  "1000",
                        "--duplicates", "0.01", "--reorder",  "0.01", "--invalid", "0.01",  "--quiet", NULL};
   pid_t sp = h_sim_start(&s, sim);
-  int64_t total = 0;
+  int64_t first = -1;
   for (int round = 0; round < 2; round++) {
     msleep(round == 0 ? 4000 : 3000);
     char out[400], cmd[1600];
@@ -191,12 +191,13 @@ static void test_export_while_consuming(void **state) {
     assert_int_equal(diffs, 0);
     assert_true(lines == m.count);
     assert_true(at > 0);
-    total = at;
+    if (first < 0) first = at;
     tw_map_cleanup(&want, true);
   }
   h_sim_wait(&s, sp);
-  /* The exports were taken mid-stream, not after it. */
-  assert_true(total < h_end_offsets_total(&s));
+  /* The first export was taken mid-stream, not after it (on a loaded
+   * machine under a sanitizer the second can end after the stream). */
+  assert_true(first < h_end_offsets_total(&s));
   assert_true(h_wait_caught_up(&s, 120));
   assert_int_equal(h_engine_stop(e, SIGTERM), 0);
   h_scenario_cleanup(&s);
