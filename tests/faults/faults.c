@@ -3,8 +3,12 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,4 +233,239 @@ double f_metric_max(const char *body, const char *name) {
     if (v > max) max = v;
   }
   return max;
+}
+
+/* ---- Latency proxy ---------------------------------------------------------- */
+
+#define F_PROXY_MAX_CONNS 128
+
+/* A chunk in flight, passed on at due_ms. */
+typedef struct f_chunk {
+  struct f_chunk *next;
+  int64_t due_ms;
+  size_t len;
+  char data[];
+} f_chunk_t;
+
+/* One direction of a connection: a reader thread queues what it reads, a
+ * writer thread passes each chunk on when it is due. So every byte is late
+ * by the delay, and throughput is not capped by it. */
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  f_chunk_t *head, *tail;
+  bool ended;
+} f_queue_t;
+
+typedef struct {
+  f_proxy_t *p;
+  int fd[2];           /* client, server */
+  f_queue_t q[2];      /* 0: client to server, 1: server to client */
+  _Atomic int running; /* threads still running */
+} f_conn_t;
+
+struct f_proxy {
+  int listen_fd, port, target_port;
+  _Atomic int delay_ms;
+  _Atomic long long chunks;
+  _Atomic int stopping;
+  pthread_t acceptor;
+  pthread_mutex_t mu;
+  f_conn_t *conns[F_PROXY_MAX_CONNS]; /* open connections */
+};
+
+typedef struct {
+  f_conn_t *c;
+  int dir;
+} f_pipe_t;
+
+static bool proxy_track(f_proxy_t *p, f_conn_t *c, f_conn_t *want) {
+  bool done = false;
+  pthread_mutex_lock(&p->mu);
+  for (int i = 0; i < F_PROXY_MAX_CONNS && !done; i++)
+    if (p->conns[i] == want) p->conns[i] = c, done = true;
+  pthread_mutex_unlock(&p->mu);
+  return done;
+}
+
+/* Either side ended or failed: shut both down and end both queues, so all
+ * four threads finish; the last one closes the sockets and frees. */
+static void proxy_end(f_conn_t *c) {
+  shutdown(c->fd[0], SHUT_RDWR);
+  shutdown(c->fd[1], SHUT_RDWR);
+  for (int d = 0; d < 2; d++) {
+    pthread_mutex_lock(&c->q[d].mu);
+    c->q[d].ended = true;
+    pthread_cond_broadcast(&c->q[d].cv);
+    pthread_mutex_unlock(&c->q[d].mu);
+  }
+}
+
+static void proxy_release(f_conn_t *c) {
+  if (atomic_fetch_sub(&c->running, 1) != 1) return;
+  proxy_track(c->p, NULL, c);
+  close(c->fd[0]);
+  close(c->fd[1]);
+  for (int d = 0; d < 2; d++) {
+    while (c->q[d].head) {
+      f_chunk_t *k = c->q[d].head;
+      c->q[d].head = k->next;
+      free(k);
+    }
+    pthread_mutex_destroy(&c->q[d].mu);
+    pthread_cond_destroy(&c->q[d].cv);
+  }
+  free(c);
+}
+
+static void *proxy_reader(void *arg) {
+  f_pipe_t pp = *(f_pipe_t *)arg;
+  free(arg);
+  f_conn_t *c = pp.c;
+  f_queue_t *q = &c->q[pp.dir];
+  char buf[64 * 1024];
+  for (;;) {
+    ssize_t n = read(c->fd[pp.dir], buf, sizeof buf);
+    if (n <= 0) break;
+    f_chunk_t *k = malloc(sizeof *k + (size_t)n);
+    k->next = NULL;
+    k->due_ms = f_now_ms() + atomic_load(&c->p->delay_ms);
+    k->len = (size_t)n;
+    memcpy(k->data, buf, (size_t)n);
+    pthread_mutex_lock(&q->mu);
+    if (q->tail)
+      q->tail->next = k;
+    else
+      q->head = k;
+    q->tail = k;
+    pthread_cond_signal(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+  }
+  proxy_end(c);
+  proxy_release(c);
+  return NULL;
+}
+
+static void *proxy_writer(void *arg) {
+  f_pipe_t pp = *(f_pipe_t *)arg;
+  free(arg);
+  f_conn_t *c = pp.c;
+  f_queue_t *q = &c->q[pp.dir];
+  int to = c->fd[!pp.dir];
+  for (;;) {
+    pthread_mutex_lock(&q->mu);
+    while (!q->head && !q->ended) pthread_cond_wait(&q->cv, &q->mu);
+    f_chunk_t *k = q->ended ? NULL : q->head;
+    if (k) {
+      q->head = k->next;
+      if (!q->head) q->tail = NULL;
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (!k) break;
+    int64_t wait = k->due_ms - f_now_ms();
+    if (wait > 0) f_msleep((int)wait);
+    size_t off = 0;
+    while (off < k->len) {
+      ssize_t w = write(to, k->data + off, k->len - off);
+      if (w <= 0) break;
+      off += (size_t)w;
+    }
+    bool ok = off == k->len;
+    free(k);
+    if (!ok) break;
+    atomic_fetch_add(&c->p->chunks, 1);
+  }
+  proxy_end(c);
+  proxy_release(c);
+  return NULL;
+}
+
+static void *proxy_accept(void *arg) {
+  f_proxy_t *p = arg;
+  for (;;) {
+    int cfd = accept(p->listen_fd, NULL, NULL);
+    if (cfd < 0) {
+      if (atomic_load(&p->stopping)) return NULL;
+      f_msleep(10);
+      continue;
+    }
+    int sfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p->target_port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (sfd < 0 || connect(sfd, (struct sockaddr *)&a, sizeof a) != 0) { /* server down: refuse */
+      if (sfd >= 0) close(sfd);
+      close(cfd);
+      continue;
+    }
+    int one = 1;
+    setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    f_conn_t *c = calloc(1, sizeof *c);
+    c->p = p;
+    c->fd[0] = cfd;
+    c->fd[1] = sfd;
+    for (int d = 0; d < 2; d++) {
+      pthread_mutex_init(&c->q[d].mu, NULL);
+      pthread_cond_init(&c->q[d].cv, NULL);
+    }
+    atomic_init(&c->running, 4);
+    if (!proxy_track(p, c, NULL)) { /* table full */
+      close(cfd);
+      close(sfd);
+      free(c);
+      continue;
+    }
+    for (int i = 0; i < 4; i++) {
+      f_pipe_t *pp = malloc(sizeof *pp);
+      *pp = (f_pipe_t){c, i / 2};
+      pthread_t t;
+      pthread_create(&t, NULL, i % 2 ? proxy_writer : proxy_reader, pp);
+      pthread_detach(t);
+    }
+  }
+}
+
+f_proxy_t *f_proxy_start(int target_port) {
+  f_proxy_t *p = calloc(1, sizeof *p);
+  p->target_port = target_port;
+  pthread_mutex_init(&p->mu, NULL);
+  p->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (p->listen_fd < 0 || bind(p->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      listen(p->listen_fd, 64) != 0 || getsockname(p->listen_fd, (struct sockaddr *)&a, &len) != 0)
+    fail_msg("latency proxy: cannot listen on 127.0.0.1");
+  p->port = ntohs(a.sin_port);
+  pthread_create(&p->acceptor, NULL, proxy_accept, p);
+  return p;
+}
+
+int f_proxy_port(const f_proxy_t *p) { return p->port; }
+void f_proxy_delay(f_proxy_t *p, int delay_ms) { atomic_store(&p->delay_ms, delay_ms); }
+long long f_proxy_chunks(const f_proxy_t *p) { return atomic_load(&((f_proxy_t *)p)->chunks); }
+
+void f_proxy_stop(f_proxy_t *p) {
+  atomic_store(&p->stopping, 1);
+  shutdown(p->listen_fd, SHUT_RDWR);
+  pthread_join(p->acceptor, NULL);
+  close(p->listen_fd);
+  /* Shut every connection down; its threads close and free it. */
+  pthread_mutex_lock(&p->mu);
+  for (int i = 0; i < F_PROXY_MAX_CONNS; i++)
+    if (p->conns[i]) {
+      shutdown(p->conns[i]->fd[0], SHUT_RDWR);
+      shutdown(p->conns[i]->fd[1], SHUT_RDWR);
+    }
+  pthread_mutex_unlock(&p->mu);
+  for (;;) { /* wait until every connection is gone, then free */
+    bool any = false;
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < F_PROXY_MAX_CONNS; i++) any = any || p->conns[i];
+    pthread_mutex_unlock(&p->mu);
+    if (!any) break;
+    f_msleep(10);
+  }
+  pthread_mutex_destroy(&p->mu);
+  free(p);
 }

@@ -45,4 +45,19 @@ bool f_http_get(int port, const char *path, char *buf, size_t cap);
  * none. */
 double f_metric_max(const char *body, const char *name);
 
+/* A TCP proxy on 127.0.0.1 in front of a loopback server (FerretDB), which
+ * makes it slow on demand: every chunk read from either side is passed on
+ * delay_ms after it was read, so each request and each answer is late by
+ * that much (throughput is not capped: chunks in flight queue up).
+ * f_proxy_delay changes the delay for chunks read from then on; 0 passes
+ * them at once. A closed or failing side closes the other. */
+typedef struct f_proxy f_proxy_t;
+f_proxy_t *f_proxy_start(int target_port);
+int f_proxy_port(const f_proxy_t *p);
+void f_proxy_delay(f_proxy_t *p, int delay_ms);
+/* Chunks passed on so far, both directions. */
+long long f_proxy_chunks(const f_proxy_t *p);
+/* Closes the listener and every connection. */
+void f_proxy_stop(f_proxy_t *p);
+
 #endif

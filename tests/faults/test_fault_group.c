@@ -2,9 +2,9 @@
  * a fleet streams in: two instances, one stopped (SIGTERM) and restarted;
  * then a third joins, and one of the three is stopped and restarted. Every
  * membership change is an eager rebalance that revokes partitions while
- * shards flush (snapshots every 300 ms). The end state must be exact; it is
- * not always (README, Failure behaviour): when a revoking instance's flush
- * is slow, the group moves on and two instances apply the same partitions. */
+ * shards flush (snapshots every 300 ms). The end state must be exact: an
+ * instance flushes and checkpoints the partitions it gives up before it
+ * releases them (README, Failure behaviour, for the bug this found). */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>

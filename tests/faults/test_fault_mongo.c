@@ -2,10 +2,14 @@
  * while a fleet streams in:
  *  1. FerretDB killed with kill -9 and restarted by deploy/local/stack.sh;
  *  2. FerretDB stalled (SIGSTOP, then SIGCONT): every request hangs, as on
- *     a server that stopped answering or a network that drops packets.
+ *     a server that stopped answering or a network that drops packets;
+ *  3. FerretDB slow: the engine reaches it through a proxy that holds every
+ *     request and every answer back 150-250 ms (tests/faults/faults.c), as
+ *     an overloaded server or a distant replica set would.
  * The engine pauses the shards that cannot flush, keeps consuming nothing
- * more than librdkafka's bounded prefetch (RSS stays bounded), resumes by
- * itself, and the end state is exact. */
+ * more than librdkafka's bounded prefetch (RSS stays bounded), keeps
+ * checkpointing while the server is only slow, resumes by itself, and the
+ * end state is exact. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -37,16 +41,35 @@ static long watch_rss(pid_t e, int ms) {
   return max;
 }
 
+/* Waits until the engine checkpoints past ck (it resumed); returns the
+ * milliseconds that took, -1 after 90 s. */
+static int64_t resumed_after(const h_scenario_t *s, int64_t ck) {
+  int64_t t0 = f_now_ms();
+  while (f_now_ms() - t0 < 90000) {
+    if (h_checkpoints_total(s) > ck) return f_now_ms() - t0;
+    f_msleep(100);
+  }
+  return -1;
+}
+
 static void test_ferretdb_kill_and_stall(void **state) {
   (void)state;
   f_run_t r;
-  f_begin(&r, "ferretdb kill -9 + stall");
+  f_begin(&r, "ferretdb kill -9, stall, slow");
   h_scenario_t s;
   h_scenario_init(&s, "f_mongo", 4);
   atexit(cont_ferretdb);
-  pid_t e = h_engine_start(&s, 2, NULL);
+  /* The engine talks to FerretDB through the latency proxy (no delay until
+   * step 3); the checks read FerretDB directly. */
+  const char *port = strrchr(s.mongo_uri, ':');
+  assert_non_null(port);
+  f_proxy_t *proxy = f_proxy_start(atoi(port + 1));
+  char uri[128];
+  snprintf(uri, sizeof uri, "mongo.uri=mongodb://127.0.0.1:%d", f_proxy_port(proxy));
+  const char *set[] = {uri, NULL};
+  pid_t e = h_engine_start(&s, 2, set);
   const char *sim[] = {"--seed", "51",           "--products", "600",       "--rate", "700",     "--duration",
-                       "35",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
+                       "65",     "--duplicates", "0.01",       "--reorder", "0.01",   "--quiet", NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   f_msleep(f_rnd(5000, 8000));
   long rss0 = h_rss_kib(e);
@@ -60,12 +83,16 @@ static void test_ferretdb_kill_and_stall(void **state) {
   long rss1 = watch_rss(e, f_rnd(8000, 12000));
   assert_true(rss1 > 0);
   assert_int_equal(h_stack(&s, "up", "ferretdb"), 0);
+  int64_t back = h_checkpoints_total(&s);
+  int64_t took = resumed_after(&s, back);
   fprintf(stderr,
-          "[fault] FerretDB kill -9 at checkpoints %lld: engine RSS %ld KiB before, max %ld KiB while down\n",
-          (long long)ck, rss0, rss1);
+          "[fault] FerretDB kill -9 at checkpoints %lld: engine RSS %ld KiB before, max %ld KiB while down; "
+          "checkpointing again %lld ms after FerretDB was back\n",
+          (long long)ck, rss0, rss1, (long long)took);
+  assert_true(took >= 0);
 
   /* 2. Stalled for 10-15 s: requests hang instead of failing. */
-  f_msleep(f_rnd(3000, 6000));
+  f_msleep(f_rnd(1000, 3000));
   fdb = h_stack_pid(&s, "ferretdb");
   assert_true(fdb > 0);
   ck = h_checkpoints_total(&s);
@@ -75,17 +102,55 @@ static void test_ferretdb_kill_and_stall(void **state) {
   long rss2 = watch_rss(e, f_rnd(10000, 15000));
   kill(fdb, SIGCONT);
   g_stopped = 0;
-  fprintf(stderr, "[fault] FerretDB stalled at checkpoints %lld: engine max RSS %ld KiB during the stall\n",
-          (long long)ck, rss2);
+  back = h_checkpoints_total(&s);
+  took = resumed_after(&s, back);
+  fprintf(
+      stderr,
+      "[fault] FerretDB stalled at checkpoints %lld: engine max RSS %ld KiB during the stall; checkpointing "
+      "again %lld ms after it was continued\n",
+      (long long)ck, rss2, (long long)took);
   assert_true(rss2 > 0);
+  assert_true(took >= 0);
+
+  /* 3. Slow: every request and answer 150-250 ms late, for 12-16 s and
+   * then until the engine has checkpointed through the delay (at most
+   * 90 s more: each flush takes several round trips, and FerretDB itself
+   * can take seconds per flush on a loaded machine). */
+  f_msleep(f_rnd(1000, 3000));
+  int delay = f_rnd(150, 250);
+  int64_t ck0 = h_checkpoints_total(&s);
+  long long chunks0 = f_proxy_chunks(proxy);
+  f_proxy_delay(proxy, delay);
+  r.faults++;
+  int64_t t0 = f_now_ms();
+  long rss3 = watch_rss(e, f_rnd(12000, 16000));
+  int64_t ck1 = h_checkpoints_total(&s);
+  while (rss3 > 0 && ck1 <= ck0 && f_now_ms() - t0 < 106000) {
+    long m = watch_rss(e, 1000);
+    rss3 = m > rss3 ? m : m == 0 ? 0 : rss3;
+    ck1 = h_checkpoints_total(&s);
+  }
+  long long chunks1 = f_proxy_chunks(proxy);
+  f_proxy_delay(proxy, 0);
+  fprintf(
+      stderr,
+      "[fault] FerretDB slow (%d ms each way) for %lld ms: checkpoints %lld -> %lld, %lld chunks through the "
+      "proxy, engine max RSS %ld KiB\n",
+      delay, (long long)(f_now_ms() - t0), (long long)ck0, (long long)ck1, chunks1 - chunks0, rss3);
+  assert_true(rss3 > 0);
+  assert_true(chunks1 > chunks0); /* the engine really went through the proxy */
+  assert_true(ck1 > ck0);         /* slow, not stopped */
+
   /* Bounded: librdkafka's prefetch (queued.max.messages.kbytes, 16 MiB per
    * partition at most) and the twins; nothing grows with the outage. */
   assert_true(rss1 < rss0 + 256 * 1024);
   assert_true(rss2 < rss0 + 256 * 1024);
+  assert_true(rss3 < rss0 + 256 * 1024);
 
   h_sim_wait(&s, sim_pid);
   assert_true(h_wait_caught_up(&s, 180));
   assert_int_equal(h_engine_stop(e, SIGTERM), 0);
+  f_proxy_stop(proxy);
   f_finish(&r, &s);
   h_scenario_cleanup(&s);
 }

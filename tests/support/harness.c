@@ -389,6 +389,13 @@ bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
   }
   fprintf(stderr, "[harness] not caught up: checkpoints %lld of %lld\n", (long long)h_checkpoints_total(s),
           (long long)end);
+  /* CI keeps only this output: show why, from the last engine's log. */
+  if (g_last_log[0]) {
+    char cmd[400];
+    fprintf(stderr, "[harness] last 40 lines of %s:\n", g_last_log);
+    snprintf(cmd, sizeof cmd, "tail -n 40 '%s' >&2", g_last_log);
+    if (system(cmd) != 0) fprintf(stderr, "[harness] (log not readable)\n");
+  }
   return false;
 }
 
