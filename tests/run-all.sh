@@ -5,9 +5,10 @@
 #   3. clang-format-14 check of every .c/.h file
 #   4. the local stack up (Kafka + FerretDB, deploy/local/stack.sh)
 #   5. ctest in build/: unit tests (parallel)
-#   6. ASan+UBSan build in build-asan/: unit and integration tests (the tests
-#      start build-asan's sanitized binaries; a report fails the test), but
-#      not the "slow" crash scenarios or the fault suite (CI's time limit)
+#   6. ASan+UBSan build in build-asan/: unit and integration tests, the
+#      crash scenarios included (the tests start build-asan's sanitized
+#      binaries; a report fails the test), but not the fault suite (CI's
+#      time limit; it runs in build/)
 #   7. TSan build in build-tsan/, tests labelled "tsan" (the reducer and the
 #      multi-shard engine tests, running build-tsan's engine)
 #   8. libFuzzer targets (clang-14, ASan+UBSan) in build-fuzz/, each run for
@@ -155,8 +156,9 @@ step "unit tests (build/)" run_ctest build -L unit -j "$JOBS"
 # ---- 6-8: sanitizers and fuzzing (before the fault suite, which restarts the
 # broker and FerretDB) ---------------------------------------------------------------
 # CI has 90 minutes on 2 cores: under the sanitizers the integration tests run
-# without the "slow" crash scenarios and the fault suite (both run in build/),
-# and TSan runs the multi-shard tests with a shorter kill -9 stream.
+# without the fault suite (it runs in build/), and test_engine's kill -9
+# scenario runs on a shorter stream (sanitized engines consume several times
+# slower; the other scenarios run at full size).
 if [[ ${TWIN_SKIP_SANITIZERS:-0} == 1 ]]; then
   skip "sanitizer builds (TWIN_SKIP_SANITIZERS=1)"
 else
@@ -164,19 +166,16 @@ else
   # check exit statuses, and the harness fails on a report in any log.
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:halt_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  crash_events_was=${TWIN_TEST_CRASH_EVENTS-unset}
+  export TWIN_TEST_CRASH_EVENTS=${TWIN_TEST_CRASH_EVENTS:-30000}
   if step "build (build-asan/, address,undefined)" configure_and_build build-asan -DTWIN_SANITIZE=address,undefined; then
     step "unit tests (ASan+UBSan)" run_ctest build-asan -L unit -j "$JOBS"
-    step "integration tests (ASan+UBSan)" run_ctest build-asan -LE "unit|slow|faults"
+    step "integration tests (ASan+UBSan)" run_ctest build-asan -LE "unit|faults"
   fi
   if [[ -n $(cd build && ctest -N -L tsan | sed -n 's/^Total Tests: \([1-9][0-9]*\)$/\1/p') ]]; then
     if step "build (build-tsan/, thread)" configure_and_build build-tsan -DTWIN_SANITIZE=thread; then
-      # TSan's engine consumes several times slower: test_engine's kill -9
-      # scenario on a fraction of its stream (the other scenarios at full size).
       export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
-      crash_events_was=${TWIN_TEST_CRASH_EVENTS-unset}
-      export TWIN_TEST_CRASH_EVENTS=${TWIN_TEST_CRASH_EVENTS:-30000}
       step "tsan tests (TSan)" run_ctest build-tsan -L tsan
-      [[ $crash_events_was == unset ]] && unset TWIN_TEST_CRASH_EVENTS
     fi
   else
     skip "TSan build (no tests labelled tsan)"
@@ -185,6 +184,7 @@ else
     -DCMAKE_C_COMPILER=clang-14 -DTWIN_FUZZ=ON -DTWIN_SANITIZE=address,undefined -DBUILD_TESTING=OFF; then
     step "fuzz (${TWIN_FUZZ_SECONDS:-60} s per target)" "$REPO/tests/fuzz/run.sh" "$REPO/build-fuzz"
   fi
+  [[ $crash_events_was == unset ]] && unset TWIN_TEST_CRASH_EVENTS
 fi
 
 # ---- 9: integration tests, then the fault suite ---------------------------------

@@ -12,7 +12,9 @@
  * the whole fleet is in (checked), while the engine catches up: produce
  * errors, which hit its alert producer, and every broker slowed down
  * (rd_kafka_mock_broker_set_rtt), past the engine's 10 s alert flush and the
- * 6 s consumer session. The end state must still be exact. */
+ * 6 s consumer session. The end state must still be exact. A second
+ * scenario has Kafka refuse the engine's alerts for good: the engine stops
+ * without a checkpoint (exit 3) and its restart sends them. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <librdkafka/rdkafka.h>
@@ -173,11 +176,78 @@ static void test_mock_cluster_errors(void **state) {
   rd_kafka_destroy(mrk);
 }
 
+/* Kafka refuses the engine's alerts for good (a permanent produce error,
+ * as an ACL change or a fatal idempotent-producer error would give): the
+ * engine must stop without checkpointing past them (exit 3), and the
+ * restarted engine sends them; in the end every alert transition is on the
+ * topic and the state is exact. */
+static void test_mock_alerts_refused(void **state) {
+  (void)state;
+  f_run_t r;
+  f_begin(&r, "alerts refused for good");
+  h_scenario_t s;
+  h_scenario_init(&s, "f_refused", 4);
+  char err[512];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
+  rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  assert_non_null(mrk);
+  g_mc = rd_kafka_mock_cluster_new(mrk, BROKERS);
+  assert_non_null(g_mc);
+  s.bootstrap = rd_kafka_mock_cluster_bootstraps(g_mc);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.telemetry, s.partitions, BROKERS), 0);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.lifecycle, s.partitions, BROKERS), 0);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.alerts, s.partitions, BROKERS), 0);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.dlq, 2, BROKERS), 0);
+  rd_kafka_mock_coordinator_set(g_mc, "group", s.group, 1);
+  /* The whole fleet first, so the refused produce requests are the
+   * engine's. */
+  const char *sim[] = {"--seed", "73", "--products", "300", "--events", "12000", "--quiet", NULL};
+  h_run_sim(&s, sim);
+
+  /* One refused request is enough: librdkafka then fails every queued
+   * message for that topic with the same error. */
+  push(&r, API_PRODUCE, "produce (permanent)", 1,
+       (rd_kafka_resp_err_t[]){RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED});
+  const char *const set[] = {"kafka.max.in.flight.requests.per.connection=1", NULL};
+  pid_t e = h_engine_start(&s, 2, set);
+  int st = 0;
+  bool exited = false;
+  for (int i = 0; i < 1200 && !exited; i++) { /* 120 s */
+    exited = waitpid(e, &st, WNOHANG) == e;
+    if (!exited) f_msleep(100);
+  }
+  if (!exited) {
+    kill(e, SIGKILL);
+    waitpid(e, &st, 0);
+  }
+  int64_t ck = h_checkpoints_total(&s);
+  fprintf(stderr, "[fault] engine %s (status %d) at checkpoints %lld of %lld\n",
+          exited ? "stopped by itself" : "still running after 120 s", WIFEXITED(st) ? WEXITSTATUS(st) : -1,
+          (long long)ck, (long long)h_end_offsets_total(&s));
+  assert_true(exited);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 3);
+  assert_true(h_wait_engine_log("could not be delivered", 1));
+
+  /* Kafka accepts again: the restart sends what was refused. */
+  e = h_engine_start(&s, 2, set);
+  r.faults++;
+  assert_true(h_wait_caught_up(&s, 180));
+  assert_int_equal(h_engine_stop(e, SIGTERM), 0);
+  f_finish(&r, &s);
+  h_scenario_cleanup(&s);
+  rd_kafka_mock_cluster_destroy(g_mc);
+  rd_kafka_destroy(mrk);
+}
+
 int main(void) {
   f_seed_init();
   mongoc_init();
   tw_log_route_mongoc();
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_mock_cluster_errors)};
+  if (getenv("TWIN_TEST_FILTER")) cmocka_set_test_filter(getenv("TWIN_TEST_FILTER"));
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_mock_cluster_errors),
+                                     cmocka_unit_test(test_mock_alerts_refused)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mongoc_cleanup();
   return rc;

@@ -324,6 +324,7 @@ static void dlq_send(shard_t *s, const rd_kafka_message_t *m, const char *reason
     }
     TW_ERROR("dlq", "cannot produce to %s: %s (origin %s/%d@%lld)", e->cfg->topic_dlq, rd_kafka_err2str(err),
              topic, m->partition, (long long)m->offset);
+    atomic_fetch_add(&e->dlq_failed, 1);
     rd_kafka_headers_destroy(h);
     break;
   }
@@ -456,6 +457,22 @@ static bool flush(shard_t *s) {
       return false;
     }
     s->dlq_pending = s->alerts_pending = false;
+  }
+  /* An alert or dead letter Kafka refused for good (messages never expire
+   * here, so only a permanent error does that: a fatal idempotent-producer
+   * error, authorization, size) would be lost by the checkpoint below.
+   * Stop at once instead, as kill -9 would: the restart replays from the
+   * last checkpoint and sends them again, with the same alert ids. */
+  if (atomic_load(&e->dlq_failed)) {
+    char why[512] = "";
+    if (rd_kafka_fatal_error(e->producer, why, sizeof why) == RD_KAFKA_RESP_ERR_NO_ERROR)
+      snprintf(why, sizeof why, "see the errors above");
+    TW_ERROR(
+        "engine",
+        "%llu alert or dead-letter message(s) could not be delivered (%s); stopping without a checkpoint, "
+        "so a restart sends them again",
+        (unsigned long long)atomic_load(&e->dlq_failed), why);
+    _exit(3);
   }
   bool due = n > 0;
   for (size_t i = 0; i < s->n_parts && !due; i++)
