@@ -56,6 +56,10 @@ tw_rules_t *tw_rules_compile(bool with_defaults, const tw_rule_spec_t *specs, si
 void tw_rules_destroy(tw_rules_t *r);
 size_t tw_rules_count(const tw_rules_t *r);
 const char *tw_rules_id(const tw_rules_t *r, size_t i);
+/* The TW_SIG_* classes rule i reads (twin.h): tw_apply_event() evaluates it
+ * only after an event that changed one of them. TW_SIG_ALL: on every event
+ * (a rule whose condition and clear condition may hold together). */
+uint32_t tw_rules_reads(const tw_rules_t *r, size_t i);
 
 /* The event that was just applied to the twin. */
 typedef struct {
@@ -72,7 +76,9 @@ typedef void (*tw_alert_cb)(void *ud, const Twin__V1__MaintenanceAlert *alert);
 size_t tw_rules_eval(const tw_rules_t *r, tw_twin_t *t, const tw_rule_event_t *ev, tw_alert_cb cb, void *ud);
 
 /* What a shard does with each event: tw_reduce(), then, when the event was
- * accepted (applied or stale), tw_rules_eval() with cb for the alerts. */
+ * accepted (applied or stale), the rules with cb for the alerts: only those
+ * whose inputs changed since they last ran on t (tw_rules_reads()), with
+ * the same outcome as tw_rules_eval(), which runs every rule. */
 tw_outcome_t tw_apply_event(const tw_rules_t *r, tw_twin_t *t, const Twin__V1__Envelope *env,
                             const char **reason, tw_alert_cb cb, void *ud);
 

@@ -156,6 +156,26 @@ typedef struct {
   double k0, sk, skk, sky, syk; /* syk: sum of y over the distance samples */
 } tw_wear_t;
 
+/* ---- What the alert rules read, by class ---------------------------------- */
+/* The reducer ORs into t->rule_inputs the classes of rule inputs an event
+ * changed (a value, or whether there is one); the rules (rules.h) evaluate
+ * a rule only when a class it reads is set. Setting a bit without a change
+ * only costs time; missing one would skip a rule that had to run. */
+#define TW_SIG_SCALAR(f) (UINT32_C(1) << (f))                   /* scalars[f] */
+#define TW_SIG_TIRES (UINT32_C(1) << (TW_F_SCALAR_COUNT + 0))   /* tire_pressure_kpa */
+#define TW_SIG_PADS (UINT32_C(1) << (TW_F_SCALAR_COUNT + 1))    /* brake_pad_mm */
+#define TW_SIG_METRICS (UINT32_C(1) << (TW_F_SCALAR_COUNT + 2)) /* any metric */
+#define TW_SIG_DTCS (UINT32_C(1) << (TW_F_SCALAR_COUNT + 3))    /* dtc_codes: how many, or none reported */
+#define TW_SIG_RECALLS (UINT32_C(1) << (TW_F_SCALAR_COUNT + 4)) /* open_recalls */
+#define TW_SIG_STAGE (UINT32_C(1) << (TW_F_SCALAR_COUNT + 5))
+#define TW_SIG_SERVICE (UINT32_C(1) << (TW_F_SCALAR_COUNT + 6)) /* last_service, delivered* */
+#define TW_SIG_WEAR (UINT32_C(1) << (TW_F_SCALAR_COUNT + 7))    /* brake_wear, last_brake_service_ms */
+#define TW_SIG_TIME (UINT32_C(1) << (TW_F_SCALAR_COUNT + 8))    /* last_event_ms, the twin's "now" */
+/* Every accepted event, whatever it changed: added by the rules, not the
+ * reducer, for the rules that must run every time. */
+#define TW_SIG_EVENT (UINT32_C(1) << (TW_F_SCALAR_COUNT + 9))
+#define TW_SIG_ALL ((UINT32_C(1) << (TW_F_SCALAR_COUNT + 10)) - 1)
+
 /* One active maintenance alert (engine bookkeeping, kept in the snapshot
  * so alerts survive restarts; see include/twin/rules.h). */
 typedef struct {
@@ -217,6 +237,11 @@ typedef struct tw_twin {
   uint32_t n_alerts;
   tw_alert_cycle_t *alert_cycles; /* sorted by rule id */
   uint32_t n_alert_cycles;
+  /* Set by the reducer, cleared by the rules: the TW_SIG_* classes changed
+   * since rule set number rules_gen last evaluated this twin (0: none has,
+   * e.g. a new or loaded twin, so every rule runs next time). */
+  uint32_t rule_inputs;
+  uint64_t rules_gen;
 
   /* Engine bookkeeping, not touched by the reducer: the Kafka offset of
    * the last message of this product incorporated, per input topic (-1 =

@@ -234,23 +234,33 @@ typedef struct {
   int64_t at;
   uint64_t seq;
   uint32_t applied, stale;
+  uint32_t changed; /* TW_SIG_* */
 } tel_ctx_t;
 
-static void put_scalar(tw_scalar_t *f, double v, tel_ctx_t *c) {
+/* Bit for bit, so 0.0 and -0.0 differ (they print differently). */
+static bool same_bits(const double *a, const double *b, size_t n) { return memcmp(a, b, n * sizeof *a) == 0; }
+
+static void put_scalar(tw_scalar_t *f, double v, tel_ctx_t *c, uint32_t sig) {
   if (!newer(&f->st, c->at, c->seq)) {
     c->stale++;
     return;
   }
+  if (!f->st.set || !same_bits(&f->value, &v, 1)) c->changed |= sig;
   f->value = v;
   stamp(&f->st, c->at, c->seq);
   c->applied++;
 }
 
-static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c) {
+static void put_field(tw_twin_t *t, tw_scalar_field_t f, double v, tel_ctx_t *c) {
+  put_scalar(&t->scalars[f], v, c, TW_SIG_SCALAR(f));
+}
+
+static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c, uint32_t sig) {
   if (!newer(&f->st, c->at, c->seq)) {
     c->stale++;
     return;
   }
+  if (!f->st.set || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
   f->v = tw_xrealloc(f->v, n * sizeof *v);
   memcpy(f->v, v, n * sizeof *v);
   f->n = (uint32_t)n;
@@ -296,6 +306,7 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
   }
   /* Most reports repeat the set held: then only the stamp moves. */
   if (same_set(f, codes, n)) {
+    if (!f->st.set) c->changed |= TW_SIG_DTCS;
     stamp(&f->st, c->at, c->seq);
     c->applied++;
     return;
@@ -313,6 +324,7 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
     }
     f->s[k++] = f->s[i];
   }
+  if (!f->st.set || f->n != k) c->changed |= TW_SIG_DTCS;
   f->n = k;
   stamp(&f->st, c->at, c->seq);
   c->applied++;
@@ -386,26 +398,27 @@ static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env
   const Twin__V1__Telemetry *tm = env->telemetry;
   tel_ctx_t c = {.at = env->event_time_ms, .seq = env->seq};
 
-  if (TEL_HAS(tm, odometer_km)) put_scalar(&t->scalars[TW_F_ODOMETER_KM], tm->odometer_km, &c);
-  if (TEL_HAS(tm, speed_kph)) put_scalar(&t->scalars[TW_F_SPEED_KPH], tm->speed_kph, &c);
-  if (TEL_HAS(tm, battery_soc_pct)) put_scalar(&t->scalars[TW_F_BATTERY_SOC_PCT], tm->battery_soc_pct, &c);
+  if (TEL_HAS(tm, odometer_km)) put_field(t, TW_F_ODOMETER_KM, tm->odometer_km, &c);
+  if (TEL_HAS(tm, speed_kph)) put_field(t, TW_F_SPEED_KPH, tm->speed_kph, &c);
+  if (TEL_HAS(tm, battery_soc_pct)) put_field(t, TW_F_BATTERY_SOC_PCT, tm->battery_soc_pct, &c);
   if (TEL_HAS(tm, battery_soh_pct)) {
-    put_scalar(&t->scalars[TW_F_BATTERY_SOH_PCT], tm->battery_soh_pct, &c);
+    put_field(t, TW_F_BATTERY_SOH_PCT, tm->battery_soh_pct, &c);
     trend_add(&t->soh_trend, env->event_time_ms, tm->battery_soh_pct);
   }
-  if (TEL_HAS(tm, battery_temp_c)) put_scalar(&t->scalars[TW_F_BATTERY_TEMP_C], tm->battery_temp_c, &c);
-  if (TEL_HAS(tm, latitude)) put_scalar(&t->scalars[TW_F_LATITUDE], tm->latitude, &c);
-  if (TEL_HAS(tm, longitude)) put_scalar(&t->scalars[TW_F_LONGITUDE], tm->longitude, &c);
-  if (TEL_HAS(tm, fuel_level_pct)) put_scalar(&t->scalars[TW_F_FUEL_LEVEL_PCT], tm->fuel_level_pct, &c);
-  if (TEL_HAS(tm, aux_battery_v)) put_scalar(&t->scalars[TW_F_AUX_BATTERY_V], tm->aux_battery_v, &c);
-  if (TEL_HAS(tm, ambient_temp_c)) put_scalar(&t->scalars[TW_F_AMBIENT_TEMP_C], tm->ambient_temp_c, &c);
-  if (TEL_HAS(tm, range_km)) put_scalar(&t->scalars[TW_F_RANGE_KM], tm->range_km, &c);
+  if (TEL_HAS(tm, battery_temp_c)) put_field(t, TW_F_BATTERY_TEMP_C, tm->battery_temp_c, &c);
+  if (TEL_HAS(tm, latitude)) put_field(t, TW_F_LATITUDE, tm->latitude, &c);
+  if (TEL_HAS(tm, longitude)) put_field(t, TW_F_LONGITUDE, tm->longitude, &c);
+  if (TEL_HAS(tm, fuel_level_pct)) put_field(t, TW_F_FUEL_LEVEL_PCT, tm->fuel_level_pct, &c);
+  if (TEL_HAS(tm, aux_battery_v)) put_field(t, TW_F_AUX_BATTERY_V, tm->aux_battery_v, &c);
+  if (TEL_HAS(tm, ambient_temp_c)) put_field(t, TW_F_AMBIENT_TEMP_C, tm->ambient_temp_c, &c);
+  if (TEL_HAS(tm, range_km)) put_field(t, TW_F_RANGE_KM, tm->range_km, &c);
   if (tm->n_tire_pressure_kpa)
-    put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c);
+    put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c, TW_SIG_TIRES);
   if (tm->n_brake_pad_mm) {
-    put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c);
+    put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c, TW_SIG_PADS);
     wear_add(&t->brake_wear, env->event_time_ms, tm->brake_pad_mm, tm->n_brake_pad_mm,
              TEL_HAS(tm, odometer_km), tm->odometer_km);
+    c.changed |= TW_SIG_WEAR; /* also when the pads are stale: the fit takes every sample */
   }
   if (tm->n_dtc_codes || tm->dtc_codes_reported) put_dtcs(&t->dtc_codes, tm->dtc_codes, tm->n_dtc_codes, &c);
   if (TEL_HAS(tm, firmware_version)) {
@@ -422,8 +435,9 @@ static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env
   }
   for (size_t i = 0; i < tm->n_metrics; i++) {
     tw_metric_t *m = tw_twin_metric(t, tm->metrics[i]->key);
-    put_scalar(&m->val, tm->metrics[i]->value, &c);
+    put_scalar(&m->val, tm->metrics[i]->value, &c, TW_SIG_METRICS);
   }
+  t->rule_inputs |= c.changed;
 
   t->counters.telemetry++;
   t->counters.stale_fields += c.stale;
@@ -561,8 +575,12 @@ static void set_str(char **dst, const char *src) {
   *dst = tw_xstrdup_nonempty(src);
 }
 
-static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
+/* Applies an accepted lifecycle event; returns the TW_SIG_* classes it may
+ * have changed. */
+static uint32_t lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
   const Twin__V1__LifecycleEvent *lc = env->lifecycle;
+  tw_stage_t stage = t->stage;
+  uint32_t changed = 0;
   if (lc->model[0]) set_str(&t->model, lc->model);
   switch (lc->kind) {
   case TWIN__V1__LIFECYCLE_KIND__ORDERED: t->stage = TW_STAGE_ORDERED; break;
@@ -579,6 +597,7 @@ static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
     t->delivered_ms = env->event_time_ms;
     t->delivered_has_odometer = lc->_odometer_km_case != 0;
     t->delivered_odometer_km = t->delivered_has_odometer ? lc->odometer_km : 0;
+    changed |= TW_SIG_SERVICE;
     break;
   case TWIN__V1__LIFECYCLE_KIND__OWNERSHIP_TRANSFERRED: set_str(&t->owner, lc->owner_id); break;
   case TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT: {
@@ -589,13 +608,17 @@ static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
     sv->odometer_km = sv->has_odometer ? lc->odometer_km : 0;
     set_str(&sv->work_order, lc->work_order);
     set_str(&sv->site, lc->site);
-    if (has_brake_parts(lc) && env->event_time_ms > t->last_brake_service_ms)
+    changed |= TW_SIG_SERVICE;
+    if (has_brake_parts(lc) && env->event_time_ms > t->last_brake_service_ms) {
       t->last_brake_service_ms = env->event_time_ms;
+      changed |= TW_SIG_WEAR;
+    }
     break;
   }
   case TWIN__V1__LIFECYCLE_KIND__RECALL_ISSUED:
     t->open_recalls = tw_xrealloc(t->open_recalls, (t->n_open_recalls + 1) * sizeof *t->open_recalls);
     t->open_recalls[t->n_open_recalls++] = tw_xstrdup(lc->recall_id);
+    changed |= TW_SIG_RECALLS;
     break;
   case TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED: {
     int i = open_recall_index(t, lc->recall_id);
@@ -603,11 +626,14 @@ static void lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
     memmove(&t->open_recalls[i], &t->open_recalls[i + 1],
             (t->n_open_recalls - (uint32_t)i - 1) * sizeof *t->open_recalls);
     t->n_open_recalls--;
+    changed |= TW_SIG_RECALLS;
     break;
   }
   case TWIN__V1__LIFECYCLE_KIND__DECOMMISSIONED: t->stage = TW_STAGE_DECOMMISSIONED; break;
   default: break; /* BUILD_STEP_COMPLETED, WARRANTY_CLAIM: timeline only */
   }
+  if (t->stage != stage) changed |= TW_SIG_STAGE;
+  return changed;
 }
 
 static tw_outcome_t reduce_lifecycle(tw_twin_t *t, const Twin__V1__Envelope *env, const char **reason) {
@@ -618,7 +644,7 @@ static tw_outcome_t reduce_lifecycle(tw_twin_t *t, const Twin__V1__Envelope *env
     if (reason) *reason = t->timeline[t->n_timeline - 1].reason;
     return TW_OUT_REJECTED;
   }
-  lifecycle_apply(t, env);
+  t->rule_inputs |= lifecycle_apply(t, env);
   t->counters.lifecycle++;
   return TW_OUT_APPLIED;
 }
@@ -646,7 +672,10 @@ tw_outcome_t tw_reduce(tw_twin_t *t, const Twin__V1__Envelope *env, const char *
   }
   if (o != TW_OUT_REJECTED) {
     t->rev++;
-    if (env->event_time_ms > t->last_event_ms) t->last_event_ms = env->event_time_ms;
+    if (env->event_time_ms > t->last_event_ms) {
+      t->last_event_ms = env->event_time_ms;
+      t->rule_inputs |= TW_SIG_TIME;
+    }
   }
   return o;
 }

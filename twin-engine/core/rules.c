@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,24 @@ static const struct {
     [S_SVC_DAYS - S_PAD_MIN] = {"service.days_since", "days"},
     [S_PAD_DAYS - S_PAD_MIN] = {"brake_pad_mm.days_to_limit", "days"},
 };
+
+/* The TW_SIG_* classes of the twin a signal's value depends on. */
+static uint32_t signal_reads(int sig) {
+  if (sig < TW_F_SCALAR_COUNT) return TW_SIG_SCALAR(sig);
+  switch ((signal_t)sig) {
+  case S_PAD_MIN:
+  case S_PAD_MAX: return TW_SIG_PADS;
+  case S_TIRE_MIN:
+  case S_TIRE_MAX: return TW_SIG_TIRES;
+  case S_METRIC: return TW_SIG_METRICS;
+  case S_DTC_COUNT: return TW_SIG_DTCS;
+  case S_RECALLS_OPEN: return TW_SIG_RECALLS;
+  case S_SVC_KM: return TW_SIG_SERVICE | TW_SIG_SCALAR(TW_F_ODOMETER_KM);
+  case S_SVC_DAYS: return TW_SIG_SERVICE | TW_SIG_TIME;
+  case S_PAD_DAYS: return TW_SIG_WEAR | TW_SIG_TIME;
+  default: return TW_SIG_ALL;
+  }
+}
 
 static const char *signal_unit(int sig) {
   return sig < S_PAD_MIN ? scalar_units[sig] : named_signals[sig - S_PAD_MIN].unit;
@@ -387,7 +406,8 @@ struct rule {
   node_t **leaves; /* the condition's comparisons, by leaf index */
   int n_leaves;
   tpl_t message, clear_message;
-  double limit; /* brake_pad_mm.days_to_limit */
+  double limit;   /* brake_pad_mm.days_to_limit */
+  uint32_t reads; /* TW_SIG_* classes it reads; TW_SIG_ALL: evaluated on every event */
 };
 
 static void tpl_free(tpl_t *t);
@@ -395,6 +415,7 @@ static void tpl_free(tpl_t *t);
 struct tw_rules {
   rule_t *v;
   size_t n;
+  uint64_t gen; /* unique per compiled set (tw_twin_t.rules_gen) */
 };
 
 static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_twin_t *t, double *v) {
@@ -509,6 +530,84 @@ static void rule_cleanup(rule_t *r) {
   free(r->leaves);
   tpl_free(&r->message);
   tpl_free(&r->clear_message);
+}
+
+/* ---- Which rules an event can affect -------------------------------------- *
+ *
+ * An event that changes none of the classes a rule reads (TW_SIG_*) leaves
+ * the rule's inputs exactly as at its last evaluation, so evaluating it
+ * again can only repeat that evaluation's outcome: no transition, and the
+ * same value and prediction for an active alert. That holds when a second
+ * evaluation on the same inputs is a no-op, i.e. the condition and "clear"
+ * (the clear condition, or no signal left) never hold together: else a
+ * raise would be followed by a clear on the next event, and so on. Rules for
+ * which that is not proven here read TW_SIG_ALL and run on every event. */
+
+static uint32_t node_reads(const node_t *n) {
+  if (!n) return 0;
+  if (n->kind == N_CMP) return signal_reads(n->sig);
+  if (n->kind == N_STAGE) return TW_SIG_STAGE;
+  return node_reads(n->a) | node_reads(n->b);
+}
+
+/* True when n can only hold while one of its comparisons holds, which
+ * requires that comparison's signal to have a value. */
+static bool needs_comparison(const node_t *n) {
+  switch (n->kind) {
+  case N_CMP: return true;
+  case N_STAGE: return false;
+  case N_AND: return needs_comparison(n->a) || needs_comparison(n->b);
+  default: return needs_comparison(n->a) && needs_comparison(n->b);
+  }
+}
+
+/* The values a comparison accepts as an interval of the extended reals
+ * (NaN satisfies no ordered comparison); false for != (not an interval). */
+static bool cmp_interval(const node_t *n, double *lo, bool *lo_in, double *hi, bool *hi_in) {
+  *lo = -INFINITY, *hi = INFINITY;
+  *lo_in = *hi_in = true;
+  switch (n->op) {
+  case OP_LT: *hi = n->num, *hi_in = false; return true;
+  case OP_LE: *hi = n->num; return true;
+  case OP_GT: *lo = n->num, *lo_in = false; return true;
+  case OP_GE: *lo = n->num; return true;
+  case OP_EQ: *lo = *hi = n->num; return true;
+  default: return false;
+  }
+}
+
+static bool same_signal(const node_t *a, const node_t *b) {
+  return a->sig == b->sig && (a->sig != S_METRIC || strcmp(a->metric, b->metric) == 0);
+}
+
+/* True when a and b can never hold on the same twin (sound, not complete). */
+static bool disjoint(const node_t *a, const node_t *b) {
+  if (a->kind == N_OR) return disjoint(a->a, b) && disjoint(a->b, b);
+  if (b->kind == N_OR) return disjoint(a, b->a) && disjoint(a, b->b);
+  if (a->kind == N_AND) return disjoint(a->a, b) || disjoint(a->b, b);
+  if (b->kind == N_AND) return disjoint(a, b->a) || disjoint(a, b->b);
+  if (a->kind == N_STAGE && b->kind == N_STAGE) {
+    if (a->st == b->st) return a->op != b->op;
+    return a->op == OP_EQ && b->op == OP_EQ;
+  }
+  if (a->kind != N_CMP || b->kind != N_CMP || !same_signal(a, b)) return false;
+  double alo, ahi, blo, bhi;
+  bool alo_in, ahi_in, blo_in, bhi_in;
+  if (!cmp_interval(a, &alo, &alo_in, &ahi, &ahi_in) || !cmp_interval(b, &blo, &blo_in, &bhi, &bhi_in))
+    return false;
+  double lo = fmax(alo, blo), hi = fmin(ahi, bhi);
+  bool lo_in = alo == blo ? alo_in && blo_in : (alo > blo ? alo_in : blo_in);
+  bool hi_in = ahi == bhi ? ahi_in && bhi_in : (ahi < bhi ? ahi_in : bhi_in);
+  return lo > hi || (lo == hi && !(lo_in && hi_in));
+}
+
+static uint32_t rule_reads(const rule_t *r) {
+  /* "No signal left" clears: the condition must need a signal (any_signal()
+   * is true for a condition without comparisons). */
+  bool settles = r->n_leaves == 0 || needs_comparison(r->cond);
+  /* Without a clear condition, clearing is "the condition does not hold". */
+  if (r->clear && !disjoint(r->cond, r->clear)) settles = false;
+  return settles ? node_reads(r->cond) | node_reads(r->clear) : TW_SIG_ALL;
 }
 
 /* ---- Built-in rules -------------------------------------------------------- */
@@ -777,6 +876,7 @@ static bool rule_compile(const tw_rule_spec_t *sp, rule_t *r, char *err, size_t 
   r->n_leaves = n;
   r->leaves = tw_xcalloc((size_t)(n ? n : 1), sizeof *r->leaves);
   collect_leaves(r, r->cond);
+  r->reads = rule_reads(r);
   r->limit = 3.0;
   if (sp->limit) {
     char *end;
@@ -884,6 +984,8 @@ tw_rules_t *tw_rules_compile(bool with_defaults, const tw_rule_spec_t *specs, si
     }
     rs->v[j] = x;
   }
+  static atomic_uint_fast64_t generations;
+  rs->gen = (uint64_t)atomic_fetch_add(&generations, 1) + 1;
   free(use);
   return rs;
 fail:
@@ -901,6 +1003,7 @@ void tw_rules_destroy(tw_rules_t *r) {
 
 size_t tw_rules_count(const tw_rules_t *r) { return r ? r->n : 0; }
 const char *tw_rules_id(const tw_rules_t *r, size_t i) { return r->v[i].id; }
+uint32_t tw_rules_reads(const tw_rules_t *r, size_t i) { return r->v[i].reads; }
 
 /* ---- Evaluating ------------------------------------------------------------ */
 
@@ -966,12 +1069,16 @@ static uint32_t cycle_next(tw_twin_t *t, const char *rule) {
   return 1;
 }
 
+static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *ev, uint32_t changed,
+                         tw_alert_cb cb, void *ud);
+
 tw_outcome_t tw_apply_event(const tw_rules_t *r, tw_twin_t *t, const Twin__V1__Envelope *env,
                             const char **reason, tw_alert_cb cb, void *ud) {
   tw_outcome_t o = tw_reduce(t, env, reason);
-  if (o == TW_OUT_APPLIED || o == TW_OUT_STALE) {
+  if (r && (o == TW_OUT_APPLIED || o == TW_OUT_STALE)) {
     tw_rule_event_t ev = {env->event_time_ms, env->source, env->seq};
-    tw_rules_eval(r, t, &ev, cb, ud);
+    /* Another rule set (or none) last evaluated this twin: run them all. */
+    rules_eval(r, t, &ev, (t->rules_gen == r->gen ? t->rule_inputs : TW_SIG_ALL) | TW_SIG_EVENT, cb, ud);
   }
   return o;
 }
@@ -988,9 +1095,18 @@ static Twin__V1__MaintenanceAlert alert_msg(const tw_twin_t *t, const rule_t *r,
 
 size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *ev, tw_alert_cb cb,
                      void *ud) {
+  return rs ? rules_eval(rs, t, ev, TW_SIG_ALL, cb, ud) : 0;
+}
+
+/* Evaluates the rules that read a class in changed (all for TW_SIG_ALL). */
+static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *ev, uint32_t changed,
+                         tw_alert_cb cb, void *ud) {
   size_t transitions = 0;
-  for (size_t i = 0; rs && i < rs->n; i++) {
+  t->rule_inputs = 0;
+  t->rules_gen = rs->gen;
+  for (size_t i = 0; i < rs->n; i++) {
     const rule_t *r = &rs->v[i];
+    if (!(r->reads & changed)) continue;
     bool active;
     int pos = alert_find(t, r->id, &active);
     int hit;
