@@ -518,7 +518,7 @@ static void test_timeline(void **state) {
   for (uint32_t i = 0; i < n; i++) {
     bson_t *x = bson_new_from_json((const uint8_t *)lines[i], -1, NULL);
     assert_non_null(x);
-    double ms;
+    double ms = 0;
     assert_true(dnum(x, "event_time_ms", &ms));
     assert_true((int64_t)ms >= prev);
     prev = (int64_t)ms;
@@ -623,7 +623,7 @@ static void check_meta(const char *path, const char *format, size_t count) {
   size_t k = 0;
   while (mongoc_cursor_next(cur, &cp)) {
     bson_t m;
-    double off, part, want_off, want_part;
+    double off = 0, part = 0, want_off = 0, want_part = 0;
     assert_true(bson_iter_next(&a));
     assert_true(subdoc(&a, &m));
     assert_string_equal(dstr(&m, "topic"), dstr(cp, "topic"));

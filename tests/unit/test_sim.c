@@ -60,7 +60,7 @@ static char *slurp(const char *path, size_t *len) {
 }
 
 static bool same_file(const char *a, const char *b) {
-  size_t na, nb;
+  size_t na = 0, nb = 0;
   char *x = slurp(a, &na), *y = slurp(b, &nb);
   bool same = x && y && na == nb && memcmp(x, y, na) == 0;
   free(x);
@@ -122,7 +122,7 @@ static void test_record_round_trip(void **state) {
   tw_record_reader_close(r);
 
   /* cut off in the middle of a record: an error, not a clean end */
-  size_t n;
+  size_t n = 0;
   char *all = slurp(p, &n);
   FILE *f = fopen(path_in("cut.rec"), "wb");
   fwrite(all, 1, n - 5, f);
@@ -207,7 +207,7 @@ typedef struct {
 } src_t;
 
 typedef struct {
-  char id[32];
+  char id[64];
   bool used;
   src_t src[NSRC];
   int nsrc;
