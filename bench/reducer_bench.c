@@ -65,9 +65,13 @@ __attribute__((noinline)) static void apply_all(const msg_t *m, size_t n, bool a
                                                 counts_t *c) {
   char err[256];
   for (size_t i = 0; i < n; i++) {
-    Twin__V1__Envelope *env = arena_mode ? tw_envelope_unpack(&arena->pb, m[i].value, m[i].value_len, NULL)
-                                         : twin__v1__envelope__unpack(NULL, m[i].value_len, m[i].value);
-    if (!env || !tw_envelope_validate(env, m[i].key, m[i].key_len, err, sizeof err)) {
+    /* Arena mode decodes and validates as a shard does (tw_envelope_decode);
+     * the reference is protobuf-c's unpack with malloc, then validation. */
+    Twin__V1__Envelope *env = arena_mode
+                                  ? tw_envelope_decode(&arena->pb, m[i].value, m[i].value_len, m[i].key,
+                                                       m[i].key_len, SIZE_MAX, err, sizeof err)
+                                  : twin__v1__envelope__unpack(NULL, m[i].value_len, m[i].value);
+    if (!env || (!arena_mode && !tw_envelope_validate(env, m[i].key, m[i].key_len, err, sizeof err))) {
       c->invalid++;
     } else {
       tw_outcome_t o =
