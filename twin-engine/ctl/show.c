@@ -328,8 +328,17 @@ static const char timeline_help[] =
 typedef struct {
   int64_t at_ms;
   uint32_t index; /* position in the stored timeline: the applied order */
-  bson_t doc;     /* static, points into the twin's document */
+  /* The entry's bytes inside the twin's document. (Not a bson_t: libbson
+   * aligns those to 128 bytes, more than malloc gives an array.) */
+  const uint8_t *data;
+  uint32_t len;
 } entry_t;
+
+/* A static bson_t over entry e, in storage the caller owns (aligned). */
+static const bson_t *entry_doc(const entry_t *e, bson_t *out) {
+  if (!bson_init_static(out, e->data, e->len)) bson_init(out);
+  return out;
+}
 
 static int cmp_entry(const void *a, const void *b) {
   const entry_t *x = a, *y = b;
@@ -351,11 +360,14 @@ static entry_t *sorted_entries(const bson_t *doc, uint32_t *n) {
     const uint8_t *data;
     if (!BSON_ITER_HOLDS_DOCUMENT(&a)) continue;
     bson_iter_document(&a, &len, &data);
+    bson_t d;
+    if (!bson_init_static(&d, data, len)) continue;
     entry_t *x = &e[*n];
-    if (!bson_init_static(&x->doc, data, len)) continue;
+    x->data = data;
+    x->len = len;
     x->index = *n;
     x->at_ms = 0;
-    ctl_ms(&x->doc, "event_time_ms", &x->at_ms);
+    ctl_ms(&d, "event_time_ms", &x->at_ms);
     (*n)++;
   }
   qsort(e, *n, sizeof *e, cmp_entry);
@@ -396,7 +408,8 @@ int ctl_cmd_timeline(ctl_db_t *db, int argc, char **argv) {
     entry_t *e = sorted_entries(doc, &n);
     if (json) {
       for (uint32_t i = 0; i < n; i++) {
-        char *s = bson_as_relaxed_extended_json(&e[i].doc, NULL);
+        bson_t d;
+        char *s = bson_as_relaxed_extended_json(entry_doc(&e[i], &d), NULL);
         printf("%s\n", s);
         bson_free(s);
       }
@@ -409,9 +422,10 @@ int ctl_cmd_timeline(ctl_db_t *db, int argc, char **argv) {
       uint32_t rejected = 0;
       ctl_table_init(&t, 9, heads, 1u << 7);
       for (uint32_t i = 0; i < n; i++) {
-        const char *st = ctl_str(&e[i].doc, "status");
+        bson_t d;
+        const char *st = ctl_str(entry_doc(&e[i], &d), "status");
         if (st && strcmp(st, "rejected") == 0) rejected++;
-        add_entry_row(&t, &e[i].doc);
+        add_entry_row(&t, &d);
       }
       printf("Timeline of %s: %u events, %u rejected, oldest first\n", ctl_str(doc, "_id"), n, rejected);
       ctl_table_print(&t, stdout);
