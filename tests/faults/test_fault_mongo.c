@@ -55,7 +55,7 @@ static int64_t resumed_after(const h_scenario_t *s, int64_t ck) {
 static void test_ferretdb_kill_and_stall(void **state) {
   (void)state;
   f_run_t r;
-  f_begin(&r, "ferretdb kill -9, stall, slow");
+  f_begin(&r, "ferretdb kill, stall, slow");
   h_scenario_t s;
   h_scenario_init(&s, "f_mongo", 4);
   atexit(cont_ferretdb);
