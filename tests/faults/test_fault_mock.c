@@ -59,13 +59,10 @@ static void rtt_all(int ms) {
   for (int b = 1; b <= BROKERS; b++) rd_kafka_mock_broker_set_rtt(g_mc, b, ms);
 }
 
-static void test_mock_cluster_errors(void **state) {
-  (void)state;
-  f_run_t r;
-  f_begin(&r, "mock cluster errors/timeouts");
-  h_scenario_t s;
-  h_scenario_init(&s, "f_mock", 4);
-
+/* A BROKERS-broker mock cluster with the scenario's topics and its group's
+ * coordinator on broker 1; s->bootstrap points at it. Returns the client
+ * that owns the cluster (destroyed after the cluster). */
+static rd_kafka_t *mock_start(h_scenario_t *s) {
   char err[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
@@ -73,13 +70,23 @@ static void test_mock_cluster_errors(void **state) {
   assert_non_null(mrk);
   g_mc = rd_kafka_mock_cluster_new(mrk, BROKERS);
   assert_non_null(g_mc);
-  s.bootstrap = rd_kafka_mock_cluster_bootstraps(g_mc);
-  fprintf(stderr, "[fault] mock cluster of %d brokers at %s\n", BROKERS, s.bootstrap);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.telemetry, s.partitions, BROKERS), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.lifecycle, s.partitions, BROKERS), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.alerts, s.partitions, BROKERS), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.dlq, 2, BROKERS), 0);
-  rd_kafka_mock_coordinator_set(g_mc, "group", s.group, 1);
+  s->bootstrap = rd_kafka_mock_cluster_bootstraps(g_mc);
+  fprintf(stderr, "[fault] mock cluster of %d brokers at %s\n", BROKERS, s->bootstrap);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s->telemetry, s->partitions, BROKERS), 0);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s->lifecycle, s->partitions, BROKERS), 0);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s->alerts, s->partitions, BROKERS), 0);
+  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s->dlq, 2, BROKERS), 0);
+  rd_kafka_mock_coordinator_set(g_mc, "group", s->group, 1);
+  return mrk;
+}
+
+static void test_mock_cluster_errors(void **state) {
+  (void)state;
+  f_run_t r;
+  f_begin(&r, "mock cluster errors/timeouts");
+  h_scenario_t s;
+  h_scenario_init(&s, "f_mock", 4);
+  rd_kafka_t *mrk = mock_start(&s);
 
   /* One produce request in flight: with more, the mock cluster of
    * librdkafka 2.0.2 lost alerts the idempotent producer had reported
@@ -187,19 +194,7 @@ static void test_mock_alerts_refused(void **state) {
   f_begin(&r, "alerts refused for good");
   h_scenario_t s;
   h_scenario_init(&s, "f_refused", 4);
-  char err[512];
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
-  rd_kafka_t *mrk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-  assert_non_null(mrk);
-  g_mc = rd_kafka_mock_cluster_new(mrk, BROKERS);
-  assert_non_null(g_mc);
-  s.bootstrap = rd_kafka_mock_cluster_bootstraps(g_mc);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.telemetry, s.partitions, BROKERS), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.lifecycle, s.partitions, BROKERS), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.alerts, s.partitions, BROKERS), 0);
-  assert_int_equal(rd_kafka_mock_topic_create(g_mc, s.dlq, 2, BROKERS), 0);
-  rd_kafka_mock_coordinator_set(g_mc, "group", s.group, 1);
+  rd_kafka_t *mrk = mock_start(&s);
   /* The whole fleet first, so the refused produce requests are the
    * engine's. */
   const char *sim[] = {"--seed", "73", "--products", "300", "--events", "12000", "--quiet", NULL};
