@@ -396,6 +396,15 @@ static void test_known(void **state) {
   const uint8_t long_varint[] = {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
   assert_false(tw_envelope_decode_fast(&a, long_varint, sizeof long_varint, &e, NULL));
   assert_null(tw_envelope_unpack(&a.pb, long_varint, sizeof long_varint, NULL));
+  /* a length prefix or a tag as an overlong varint (6 bytes for a value
+   * that fits 32 bits): protobuf-c rejects both, so the direct path must not
+   * accept them (found by fuzz_decode) */
+  const uint8_t long_len[] = {0x0a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00};
+  assert_false(tw_envelope_decode_fast(&a, long_len, sizeof long_len, &e, NULL));
+  assert_null(tw_envelope_unpack(&a.pb, long_len, sizeof long_len, NULL));
+  const uint8_t long_tag[] = {0x98, 0x80, 0x80, 0x80, 0x80, 0x00, 0x01};
+  assert_false(tw_envelope_decode_fast(&a, long_tag, sizeof long_tag, &e, NULL));
+  assert_null(tw_envelope_unpack(&a.pb, long_tag, sizeof long_tag, NULL));
   /* a length past the end */
   const uint8_t past[] = {0x0a, 0x05, 'P'};
   assert_null(tw_envelope_unpack(&a.pb, past, sizeof past, NULL));

@@ -37,9 +37,17 @@ static inline bool rd_varint(rd_t *r, uint64_t *v) {
   return false;
 }
 
+/* A tag or a length prefix: protobuf-c reads these as 32-bit varints of at
+ * most 5 bytes and rejects longer (overlong) ones, so the direct path must
+ * leave them to it, not accept them. */
+static inline bool rd_varint32(rd_t *r, uint64_t *v) {
+  const uint8_t *start = r->p;
+  return rd_varint(r, v) && r->p - start <= 5;
+}
+
 static inline bool rd_tag(rd_t *r, uint32_t *field, uint32_t *wt) {
   uint64_t t;
-  if (!rd_varint(r, &t) || t > UINT32_MAX || (t >> 3) == 0) return false;
+  if (!rd_varint32(r, &t) || t > UINT32_MAX || (t >> 3) == 0) return false;
   *field = (uint32_t)(t >> 3);
   *wt = (uint32_t)(t & 7);
   return true;
@@ -48,7 +56,7 @@ static inline bool rd_tag(rd_t *r, uint32_t *field, uint32_t *wt) {
 /* A length-delimited field's bytes. */
 static inline bool rd_len(rd_t *r, rd_t *sub) {
   uint64_t n;
-  if (!rd_varint(r, &n) || n > (uint64_t)(r->end - r->p)) return false;
+  if (!rd_varint32(r, &n) || n > (uint64_t)(r->end - r->p)) return false;
   sub->p = r->p;
   sub->end = r->p + n;
   r->p += n;
