@@ -7,14 +7,14 @@
 #   5. ctest in build/: unit tests (parallel)
 #   6. ASan+UBSan build in build-asan/: unit and integration tests, the
 #      crash scenarios included (the tests start build-asan's sanitized
-#      binaries; a report fails the test), but not the fault suite (CI's
-#      time limit; it runs in build/)
+#      binaries; a report fails the test); the fault suite runs there too, last
 #   7. TSan build in build-tsan/, tests labelled "tsan" (the reducer and the
 #      multi-shard engine tests, running build-tsan's engine)
 #   8. libFuzzer targets (clang-14, ASan+UBSan) in build-fuzz/, each run for
 #      TWIN_FUZZ_SECONDS (default 60) on tests/fuzz/corpus; any crash fails
 #   9. ctest in build/: every other test (serial), then the fault suite
-#      (tests/faults, label "faults"), which restarts the servers, last
+#      (tests/faults, label "faults"; in build-asan/ unless the sanitizer
+#      builds were skipped), which restarts the servers, last
 # and takes the stack down at the end, also on failure, but only the parts it
 # started itself. Exit code 0 only when every step passed.
 #
@@ -38,6 +38,7 @@ TESTS_PASSED=0
 TESTS_FAILED=0
 STARTED=()   # stack components this run started
 SUMMARY_DONE=0
+FAULTS_TSV=build/faults-summary.tsv # the fault suite's table, written by its ctest run
 
 banner() { printf '\n==== %s ====\n' "$*"; }
 
@@ -126,8 +127,8 @@ summary() {
   done
   printf '  total %ss\n' "$((SECONDS - T_START))"
   # The fault suite's table (tests/faults/), written by this run's ctest.
-  if [[ -s build/faults-summary.tsv && build/faults-summary.tsv -nt $STARTED_AT ]]; then
-    tests/faults/summary.sh build/faults-summary.tsv || true
+  if [[ -s $FAULTS_TSV && $FAULTS_TSV -nt $STARTED_AT ]]; then
+    tests/faults/summary.sh "$FAULTS_TSV" || true
   fi
   if ((FAILED)); then echo "run-all: FAILED"; else echo "run-all: all steps passed"; fi
   echo "tests: $TESTS_PASSED passed, $TESTS_FAILED failed"
@@ -155,8 +156,7 @@ step "unit tests (build/)" run_ctest build -L unit -j "$JOBS"
 
 # ---- 6-8: sanitizers and fuzzing (before the fault suite, which restarts the
 # broker and FerretDB) ---------------------------------------------------------------
-# CI has 90 minutes on 2 cores: under the sanitizers the integration tests run
-# without the fault suite (it runs in build/), and test_engine's kill -9
+# CI has 90 minutes on 2 cores: under the sanitizers test_engine's kill -9
 # scenario runs on a shorter stream (sanitized engines consume several times
 # slower; the other scenarios run at full size).
 if [[ ${TWIN_SKIP_SANITIZERS:-0} == 1 ]]; then
@@ -193,6 +193,14 @@ if [[ -n $(cd build && ctest -N -LE "unit|faults" | sed -n 's/^Total Tests: \([1
 else
   skip "integration + other tests (none registered)"
 fi
-step "fault suite (build/, tests/faults)" run_ctest build -L faults
+# The fault suite runs once: under ASan+UBSan when the sanitizer builds ran
+# (their engines, twin-sim and twinctl, with the same options as step 6), so
+# the whole ctest suite passes under the sanitizers; otherwise in build/.
+if [[ ${TWIN_SKIP_SANITIZERS:-0} != 1 && -x build-asan/bin/twin-engine ]]; then
+  step "fault suite (build-asan/, ASan+UBSan, tests/faults)" run_ctest build-asan -L faults
+  FAULTS_TSV=build-asan/faults-summary.tsv
+else
+  step "fault suite (build/, tests/faults)" run_ctest build -L faults
+fi
 
 exit "$FAILED"
