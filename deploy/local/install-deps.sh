@@ -18,6 +18,8 @@ PACKAGES=(
   # Local stack: kcat (Kafka metadata probe), Maven (fetches the Kafka jars),
   # python3 (the MongoDB ping probe).
   kcat maven python3
+  # the local stack's test CA and certificates (Kafka SASL_SSL, FerretDB TLS).
+  openssl
   # the JSON Schema check of stored twins (tests/tools/validate_schema.py).
   python3-jsonschema
   # the /metrics parser of the HTTP API test (tests/integration/test_http.py).

@@ -2,7 +2,11 @@
 # stack.sh - the real local servers twin-engine's tests and demo run against:
 # Apache Kafka (KRaft, single node: broker + controller) and FerretDB (MongoDB
 # wire protocol, SQLite backend), both on loopback, both started in the
-# background and owned through pid files in the stack folder.
+# background and owned through pid files in the stack folder. Besides their
+# plain ports, Kafka has a SASL_SSL listener (PLAIN, SCRAM-SHA-256,
+# SCRAM-SHA-512; user twin-test, password twin-test-secret) and FerretDB a TLS
+# listener, with certificates from a CA of the stack's own (tls/ca.pem), so
+# the tests can run the engine the way production connects.
 #
 #   stack.sh up [kafka|ferretdb]      install/fetch/build what is missing, start, wait, create topics
 #   stack.sh down [kafka|ferretdb]    stop what this script started (pid files), wait for exit
@@ -13,6 +17,8 @@
 #   TWIN_STACK_DIR   state + cache folder (default: <repo>/.stack)
 #   TWIN_KAFKA_PORT  Kafka client port (9092); the controller uses TWIN_KAFKA_CONTROLLER_PORT (port+1)
 #   TWIN_MONGO_PORT  FerretDB port (27017)
+#   TWIN_KAFKA_SASL_PORT  Kafka SASL_SSL port (Kafka port + 2)
+#   TWIN_MONGO_TLS_PORT   FerretDB TLS port (FerretDB port + 10)
 #   TWIN_PARTITIONS  partitions of twin.telemetry, twin.lifecycle, twin.alerts (12)
 #   TWIN_DLQ_PARTITIONS  partitions of twin.dlq (3)
 #   TWIN_STACK_TIMEOUT   seconds to wait for each server to answer (120)
@@ -27,6 +33,11 @@ STACK=${TWIN_STACK_DIR:-$REPO/.stack}
 KAFKA_PORT=${TWIN_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${TWIN_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 MONGO_PORT=${TWIN_MONGO_PORT:-27017}
+KAFKA_SASL_PORT=${TWIN_KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}
+MONGO_TLS_PORT=${TWIN_MONGO_TLS_PORT:-$((MONGO_PORT + 10))}
+# Test credentials of the SASL listener (fixtures, not secrets: loopback only).
+SASL_USER=twin-test
+SASL_PASSWORD=twin-test-secret
 PARTITIONS=${TWIN_PARTITIONS:-12}
 DLQ_PARTITIONS=${TWIN_DLQ_PARTITIONS:-3}
 TIMEOUT=${TWIN_STACK_TIMEOUT:-120}
@@ -43,6 +54,7 @@ KDIR=$STACK/kafka
 FDIR=$STACK/ferretdb
 KAFKA_LOG=$KDIR/kafka.log
 FERRETDB_LOG=$FDIR/ferretdb.log
+TLS=$STACK/tls
 
 say() { echo "stack: $*"; }
 die() {
@@ -117,6 +129,34 @@ build_ferretdb() {
   say "FerretDB built: $FERRETDB_BIN ($(($(now) - t0)) s)"
 }
 
+# ---- TLS: a CA of the stack's own, one certificate for 127.0.0.1 ----------------
+
+# Kept across `reset` (like the caches); made again when missing or expiring
+# within a day. Kafka reads the key and chain from one PEM file.
+make_tls() {
+  if [[ -f $TLS/server.pem && -f $TLS/ca.pem ]] &&
+    openssl x509 -checkend 86400 -noout -in "$TLS/server.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "making a test CA and a certificate for 127.0.0.1 in $TLS"
+  rm -rf "$TLS.tmp"
+  mkdir -p "$TLS.tmp"
+  (
+    cd "$TLS.tmp" &&
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=twin-engine local test CA" \
+        -keyout ca.key -out ca.pem &&
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >ext.cnf &&
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+        -extfile ext.cnf -out server.pem &&
+      openssl pkcs8 -topk8 -nocrypt -in server.key -out server-pkcs8.key &&
+      cat server-pkcs8.key server.pem >kafka-keystore.pem
+  ) >"$STACK/tls.log" 2>&1 || die "openssl could not make the test certificates; see $STACK/tls.log"
+  chmod 600 "$TLS.tmp"/*.key
+  rm -rf "$TLS"
+  mv "$TLS.tmp" "$TLS"
+}
+
 # ---- Kafka --------------------------------------------------------------------
 
 kafka_java() { # kafka_java MAINCLASS ARGS... : runs a Kafka tool quietly
@@ -131,11 +171,19 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+# The SASL_SSL listener: TLS with the stack's certificate, then PLAIN or SCRAM
+# (SCRAM credentials are stored in the cluster metadata by add_scram_user).
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS/kafka-keystore.pem
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$KDIR/data
 num.partitions=$PARTITIONS
 default.replication.factor=1
@@ -189,7 +237,9 @@ start_kafka() {
     return 0
   fi
   port_open "$KAFKA_CONTROLLER_PORT" && die "Kafka controller port $KAFKA_CONTROLLER_PORT is taken (set TWIN_KAFKA_CONTROLLER_PORT)"
+  port_open "$KAFKA_SASL_PORT" && die "Kafka SASL_SSL port $KAFKA_SASL_PORT is taken (set TWIN_KAFKA_SASL_PORT)"
   fetch_kafka
+  make_tls
   write_kafka_config
   if [[ ! -f $KDIR/data/meta.properties ]]; then
     local id
@@ -221,11 +271,15 @@ start_ferretdb() {
     say "a MongoDB-protocol server not started by stack.sh already answers on 127.0.0.1:$MONGO_PORT; using it"
     return 0
   fi
+  port_open "$MONGO_TLS_PORT" && die "FerretDB TLS port $MONGO_TLS_PORT is taken (set TWIN_MONGO_TLS_PORT)"
   build_ferretdb
+  make_tls
   mkdir -p "$FDIR/data" "$FDIR/state"
-  say "starting FerretDB $FERRETDB_VERSION (SQLite) on 127.0.0.1:$MONGO_PORT (log: $FERRETDB_LOG)"
+  say "starting FerretDB $FERRETDB_VERSION (SQLite) on 127.0.0.1:$MONGO_PORT, TLS on :$MONGO_TLS_PORT (log: $FERRETDB_LOG)"
   setsid nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FDIR/data/" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --state-dir="$FDIR/state" \
+    --listen-tls="127.0.0.1:$MONGO_TLS_PORT" --listen-tls-cert-file="$TLS/server.pem" \
+    --listen-tls-key-file="$TLS/server.key" \
     --telemetry=disable --debug-addr=- --log-level=info --log-format=text \
     >>"$FERRETDB_LOG" 2>&1 </dev/null &
   echo $! >"$FDIR/ferretdb.pid"
@@ -247,6 +301,17 @@ wait_for() {
       die "$name did not answer on its port within ${TIMEOUT}s; see its log: $log"
     fi
     sleep 0.5
+  done
+}
+
+# The SCRAM user of the SASL_SSL listener (both hash sizes); idempotent, so
+# every `up` makes sure it is there, also on storage formatted before it was.
+add_scram_user() {
+  local m
+  for m in SCRAM-SHA-256 SCRAM-SHA-512; do # one per request: the broker refuses two
+    kafka_java kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+      --add-config "$m=[password=$SASL_PASSWORD]" --entity-type users --entity-name "$SASL_USER" \
+      >"$KDIR/scram.log" 2>&1 || die "adding the $m user $SASL_USER failed; see $KDIR/scram.log"
   done
 }
 
@@ -330,6 +395,7 @@ cmd_up() {
       kafka)
         wait_for kafka kafka_answers "$KAFKA_LOG"
         create_topics
+        [[ -n $(pid_of kafka) ]] && add_scram_user
         ;;
       ferretdb) wait_for ferretdb mongo_answers "$FERRETDB_LOG" ;;
     esac
@@ -383,6 +449,7 @@ cmd_status() {
           ok=1
         fi
         echo "kafka:    Apache Kafka $KAFKA_VERSION (KRaft), 127.0.0.1:$KAFKA_PORT (controller :$KAFKA_CONTROLLER_PORT): $how, $(owner "$pid" "$how")"
+        [[ -n $pid ]] && echo "          SASL_SSL 127.0.0.1:$KAFKA_SASL_PORT (PLAIN, SCRAM-SHA-256/512; $SASL_USER / $SASL_PASSWORD; CA $TLS/ca.pem)"
         echo "          log $KAFKA_LOG, data $KDIR/data"
         if [[ $how == answers ]]; then
           kcat -L -b "127.0.0.1:$KAFKA_PORT" -m 5 2>/dev/null |
@@ -395,6 +462,7 @@ cmd_status() {
           ok=1
         fi
         echo "ferretdb: FerretDB $FERRETDB_VERSION (SQLite), mongodb://127.0.0.1:$MONGO_PORT: $how, $(owner "$pid" "$how")"
+        [[ -n $pid ]] && echo "          TLS mongodb://127.0.0.1:$MONGO_TLS_PORT/?tls=true&tlsCAFile=$TLS/ca.pem"
         echo "          log $FERRETDB_LOG, data $FDIR/data"
         ;;
       *) die "unknown component '$c' (kafka, ferretdb)" ;;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -227,6 +228,22 @@ static bool kconf_set(rd_kafka_conf_t *kc, const char *k, const char *v, const c
   return true;
 }
 
+/* librdkafka before 2.6.1 (Debian 12 has 2.0.2) repeats the client nonce in
+ * its SCRAM proof; Kafka 4.x brokers check the nonce strictly (RFC 5802) and
+ * refuse every such login as "invalid credentials", while 3.x brokers accept
+ * it (librdkafka PR 4895). Said once at start, before the confusing error. */
+static void scram_warning(const tw_config_t *cfg) {
+  const char *m = tw_config_kafka(cfg, "sasl.mechanisms");
+  if (!m) m = tw_config_kafka(cfg, "sasl.mechanism");
+  if (!m || strncasecmp(m, "SCRAM", 5) != 0 || rd_kafka_version() >= 0x020601ff) return;
+  TW_WARN(
+      "kafka",
+      "kafka.sasl.mechanisms=%s: librdkafka %s cannot log in with SCRAM to Apache Kafka 4.x brokers "
+      "(they refuse it as invalid credentials; fixed in librdkafka 2.6.1), only to 3.x; with Kafka 4.x use "
+      "PLAIN over SASL_SSL, mutual TLS or OAUTHBEARER, or build twin-engine with librdkafka 2.6.1 or later",
+      m, rd_kafka_version_str());
+}
+
 /* Builds a librdkafka config: the engine's fixed settings, then the user's
  * kafka.* passthrough, which may not override what correctness needs. */
 static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
@@ -246,6 +263,7 @@ static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
     ok = kconf_set(kc, k, cfg->kafka[i].value, "config");
   }
   if (ok && consumer) {
+    scram_warning(cfg);
     ok = kconf_set(kc, "enable.auto.commit", "false", "engine") &&
          kconf_set(kc, "enable.auto.offset.store", "false", "engine") &&
          kconf_set(kc, "enable.partition.eof", "false", "engine");
