@@ -55,11 +55,14 @@ typedef enum {
 /* Proto field name of a scalar ("odometer_km", ...). */
 const char *tw_scalar_field_name(tw_scalar_field_t f);
 
+/* seq 0 means no value: validation rejects seq 0, so every stamp the
+ * reducer writes has seq >= 1 (16 bytes instead of 24 with a bool). */
 typedef struct {
   int64_t at_ms; /* event time of the sample that set the value */
-  uint64_t seq;  /* its seq (tie-breaker) */
-  bool set;
+  uint64_t seq;  /* its seq (tie-breaker); 0 = never set */
 } tw_stamp_t;
+
+static inline bool tw_stamp_set(const tw_stamp_t *st) { return st->seq != 0; }
 
 typedef struct {
   double value;

@@ -219,15 +219,15 @@ static tw_outcome_t seq_admit(tw_source_t *s, uint64_t seq, uint32_t w) {
 
 /* True when a sample stamped (at, seq) replaces what st holds. */
 static bool newer(const tw_stamp_t *st, int64_t at, uint64_t seq) {
-  if (!st->set) return true;
+  if (!tw_stamp_set(st)) return true;
   if (at != st->at_ms) return at > st->at_ms;
   return seq > st->seq;
 }
 
+/* seq >= 1 (validated), so the stamp reads as set from now on. */
 static void stamp(tw_stamp_t *st, int64_t at, uint64_t seq) {
   st->at_ms = at;
   st->seq = seq;
-  st->set = true;
 }
 
 typedef struct {
@@ -245,7 +245,7 @@ static void put_scalar(tw_scalar_t *f, double v, tel_ctx_t *c, uint32_t sig) {
     c->stale++;
     return;
   }
-  if (!f->st.set || !same_bits(&f->value, &v, 1)) c->changed |= sig;
+  if (!tw_stamp_set(&f->st) || !same_bits(&f->value, &v, 1)) c->changed |= sig;
   f->value = v;
   stamp(&f->st, c->at, c->seq);
   c->applied++;
@@ -260,7 +260,7 @@ static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c, uint32
     c->stale++;
     return;
   }
-  if (!f->st.set || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
+  if (!tw_stamp_set(&f->st) || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
   f->v = tw_xrealloc(f->v, n * sizeof *v);
   memcpy(f->v, v, n * sizeof *v);
   f->n = (uint32_t)n;
@@ -306,7 +306,7 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
   }
   /* Most reports repeat the set held: then only the stamp moves. */
   if (same_set(f, codes, n)) {
-    if (!f->st.set) c->changed |= TW_SIG_DTCS;
+    if (!tw_stamp_set(&f->st)) c->changed |= TW_SIG_DTCS;
     stamp(&f->st, c->at, c->seq);
     c->applied++;
     return;
@@ -324,7 +324,7 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
     }
     f->s[k++] = f->s[i];
   }
-  if (!f->st.set || f->n != k) c->changed |= TW_SIG_DTCS;
+  if (!tw_stamp_set(&f->st) || f->n != k) c->changed |= TW_SIG_DTCS;
   f->n = k;
   stamp(&f->st, c->at, c->seq);
   c->applied++;
