@@ -88,7 +88,7 @@ typedef struct {
 
 /* ---- Per-source seq dedupe: an anti-replay window behind the high-water mark */
 typedef struct {
-  char *name;     /* owned */
+  char *name;     /* stored in the bits block, after the window's words */
   uint64_t hwm;   /* highest seq seen; 0 = none */
   uint64_t *bits; /* owned; bit i of the window = seq (hwm - i) seen */
 } tw_source_t;

@@ -129,10 +129,7 @@ void tw_twin_destroy(tw_twin_t *t) {
   free(t->firmware_version);
   for (uint32_t i = 0; i < t->n_metrics; i++) free(t->metrics[i].name);
   free(t->metrics);
-  for (uint32_t i = 0; i < t->n_sources; i++) {
-    free(t->sources[i].name);
-    free(t->sources[i].bits);
-  }
+  for (uint32_t i = 0; i < t->n_sources; i++) free(t->sources[i].bits); /* and the name in it */
   free(t->sources);
   for (uint32_t i = 0; i < t->n_timeline; i++) entry_cleanup(&t->timeline[i]);
   free(t->timeline);
@@ -172,9 +169,12 @@ tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window) {
   memmove(&t->sources[lo + 1], &t->sources[lo], (t->n_sources - lo) * sizeof *t->sources);
   t->n_sources++;
   tw_source_t *s = &t->sources[lo];
-  s->name = tw_xstrdup(name);
+  /* One block: the window's words, then the name (one malloc, not two). */
+  size_t nw = window_words(window), len = strlen(name) + 1;
+  s->bits = tw_xmalloc(nw * sizeof(uint64_t) + len);
+  memset(s->bits, 0, nw * sizeof(uint64_t));
+  s->name = memcpy((char *)(s->bits + nw), name, len);
   s->hwm = 0;
-  s->bits = tw_xcalloc(window_words(window), sizeof(uint64_t));
   return s;
 }
 
