@@ -55,11 +55,14 @@ typedef enum {
 /* Proto field name of a scalar ("odometer_km", ...). */
 const char *tw_scalar_field_name(tw_scalar_field_t f);
 
+/* seq 0 means no value: validation rejects seq 0, so every stamp the
+ * reducer writes has seq >= 1 (16 bytes instead of 24 with a bool). */
 typedef struct {
   int64_t at_ms; /* event time of the sample that set the value */
-  uint64_t seq;  /* its seq (tie-breaker) */
-  bool set;
+  uint64_t seq;  /* its seq (tie-breaker); 0 = never set */
 } tw_stamp_t;
+
+static inline bool tw_stamp_set(const tw_stamp_t *st) { return st->seq != 0; }
 
 typedef struct {
   double value;
@@ -85,7 +88,7 @@ typedef struct {
 
 /* ---- Per-source seq dedupe: an anti-replay window behind the high-water mark */
 typedef struct {
-  char *name;     /* owned */
+  char *name;     /* stored in the bits block, after the window's words */
   uint64_t hwm;   /* highest seq seen; 0 = none */
   uint64_t *bits; /* owned; bit i of the window = seq (hwm - i) seen */
 } tw_source_t;
@@ -115,11 +118,11 @@ typedef struct {
 } tw_entry_t;
 
 typedef struct {
-  bool set;
   int64_t at_ms;
-  bool has_odometer;
   double odometer_km;
   char *work_order, *site; /* owned */
+  bool set;                /* the bools last: no padding between fields */
+  bool has_odometer;
 } tw_service_t;
 
 /* Event counters kept in the twin (all but seen are shown to users). */
@@ -199,10 +202,14 @@ typedef struct {
 typedef struct tw_twin {
   char *product_id; /* stored right after the struct, freed with it */
   tw_stage_t stage;
-  bool quality_hold;   /* the last quality gate failed and none passed since */
-  char *model, *owner; /* owned, may be NULL */
-  uint64_t rev;        /* events accepted: not duplicate, too late or rejected */
-  uint64_t seen;       /* every event that reached the reducer; guards writes */
+  /* The bools fill the padding after stage. */
+  bool quality_hold;           /* the last quality gate failed and none passed since */
+  bool delivered;              /* a DELIVERED event applied: the base of "service due" before any visit */
+  bool delivered_has_odometer; /* with delivered_ms and delivered_odometer_km below */
+  bool stored;                 /* engine: a snapshot of it is known to be in MongoDB (loaded or written) */
+  char *model, *owner;         /* owned, may be NULL */
+  uint64_t rev;                /* events accepted: not duplicate, too late or rejected */
+  uint64_t seen;               /* every event that reached the reducer; guards writes */
 
   tw_scalar_t scalars[TW_F_SCALAR_COUNT];
   tw_vec_t tire_pressure_kpa, brake_pad_mm;
@@ -224,9 +231,7 @@ typedef struct tw_twin {
   tw_service_t last_service;
   int64_t last_brake_service_ms; /* 0 = never */
   tw_wear_t brake_wear;
-  bool delivered; /* a DELIVERED event applied: the base of "service due" before any visit */
   int64_t delivered_ms;
-  bool delivered_has_odometer;
   double delivered_odometer_km;
   int64_t last_event_ms; /* latest event time of any accepted event: the twin's "now" */
   tw_counters_t counters;
@@ -234,9 +239,8 @@ typedef struct tw_twin {
   /* Active alerts, sorted by rule id. Written by the rules (rules.h) after
    * the reducer, never by the reducer itself. */
   tw_alert_t *alerts;
-  uint32_t n_alerts;
   tw_alert_cycle_t *alert_cycles; /* sorted by rule id */
-  uint32_t n_alert_cycles;
+  uint32_t n_alerts, n_alert_cycles;
   /* Set by the reducer, cleared by the rules: the TW_SIG_* classes changed
    * since rule set number rules_gen last evaluated this twin (0: none has,
    * e.g. a new or loaded twin, so every rule runs next time). */
@@ -247,10 +251,9 @@ typedef struct tw_twin {
    * the last message of this product incorporated, per input topic (-1 =
    * none). Replays after a crash skip offsets at or below these. */
   int64_t offsets[2];
+  int64_t dirty_ms;  /* wall clock when it became dirty (snapshot freshness metric) */
   int32_t partition; /* the input partition this product lives in, -1 = unknown */
   bool dirty;        /* changed since the last acknowledged snapshot */
-  int64_t dirty_ms;  /* wall clock when it became dirty (snapshot freshness metric) */
-  bool stored;       /* a snapshot of it is known to be in MongoDB (loaded or written) */
 } tw_twin_t;
 
 enum { TW_TOPIC_TELEMETRY = 0, TW_TOPIC_LIFECYCLE = 1 };

@@ -35,7 +35,8 @@ void tw_map_cleanup(tw_map_t *m, bool destroy_twins) {
 
 static size_t find(const tw_map_t *m, const char *id, uint64_t h) {
   size_t mask = m->cap - 1, i = h & mask;
-  while (m->slots[i] && !(m->hashes[i] == h && strcmp(m->slots[i]->product_id, id) == 0)) i = (i + 1) & mask;
+  while (m->slots[i] && !(m->hashes[i] == (uint32_t)h && strcmp(m->slots[i]->product_id, id) == 0))
+    i = (i + 1) & mask;
   return i;
 }
 
@@ -53,7 +54,7 @@ tw_twin_t *tw_map_get_or_new(tw_map_t *m, const char *id, uint32_t seq_window) {
 }
 
 static void grow(tw_map_t *m) {
-  tw_map_t n = {tw_xcalloc(m->cap * 2, sizeof(tw_twin_t *)), tw_xcalloc(m->cap * 2, sizeof(uint64_t)),
+  tw_map_t n = {tw_xcalloc(m->cap * 2, sizeof(tw_twin_t *)), tw_xcalloc(m->cap * 2, sizeof(uint32_t)),
                 m->cap * 2, 0};
   for (size_t i = 0; i < m->cap; i++) {
     if (!m->slots[i]) continue;
@@ -74,7 +75,7 @@ void tw_map_put(tw_map_t *m, tw_twin_t *t) {
   size_t i = find(m, t->product_id, h);
   if (!m->slots[i]) m->len++;
   m->slots[i] = t;
-  m->hashes[i] = h;
+  m->hashes[i] = (uint32_t)h;
 }
 
 tw_twin_t *tw_map_del(tw_map_t *m, const char *id) {

@@ -11,7 +11,7 @@
 
 typedef struct {
   tw_twin_t **slots;
-  uint64_t *hashes;
+  uint32_t *hashes; /* low 32 bits of each slot's hash: the home slot while cap <= 2^32 */
   size_t cap, len;
 } tw_map_t;
 

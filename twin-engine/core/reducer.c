@@ -129,10 +129,7 @@ void tw_twin_destroy(tw_twin_t *t) {
   free(t->firmware_version);
   for (uint32_t i = 0; i < t->n_metrics; i++) free(t->metrics[i].name);
   free(t->metrics);
-  for (uint32_t i = 0; i < t->n_sources; i++) {
-    free(t->sources[i].name);
-    free(t->sources[i].bits);
-  }
+  for (uint32_t i = 0; i < t->n_sources; i++) free(t->sources[i].bits); /* and the name in it */
   free(t->sources);
   for (uint32_t i = 0; i < t->n_timeline; i++) entry_cleanup(&t->timeline[i]);
   free(t->timeline);
@@ -172,9 +169,12 @@ tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window) {
   memmove(&t->sources[lo + 1], &t->sources[lo], (t->n_sources - lo) * sizeof *t->sources);
   t->n_sources++;
   tw_source_t *s = &t->sources[lo];
-  s->name = tw_xstrdup(name);
+  /* One block: the window's words, then the name (one malloc, not two). */
+  size_t nw = window_words(window), len = strlen(name) + 1;
+  s->bits = tw_xmalloc(nw * sizeof(uint64_t) + len);
+  memset(s->bits, 0, nw * sizeof(uint64_t));
+  s->name = memcpy((char *)(s->bits + nw), name, len);
   s->hwm = 0;
-  s->bits = tw_xcalloc(window_words(window), sizeof(uint64_t));
   return s;
 }
 
@@ -219,15 +219,15 @@ static tw_outcome_t seq_admit(tw_source_t *s, uint64_t seq, uint32_t w) {
 
 /* True when a sample stamped (at, seq) replaces what st holds. */
 static bool newer(const tw_stamp_t *st, int64_t at, uint64_t seq) {
-  if (!st->set) return true;
+  if (!tw_stamp_set(st)) return true;
   if (at != st->at_ms) return at > st->at_ms;
   return seq > st->seq;
 }
 
+/* seq >= 1 (validated), so the stamp reads as set from now on. */
 static void stamp(tw_stamp_t *st, int64_t at, uint64_t seq) {
   st->at_ms = at;
   st->seq = seq;
-  st->set = true;
 }
 
 typedef struct {
@@ -245,7 +245,7 @@ static void put_scalar(tw_scalar_t *f, double v, tel_ctx_t *c, uint32_t sig) {
     c->stale++;
     return;
   }
-  if (!f->st.set || !same_bits(&f->value, &v, 1)) c->changed |= sig;
+  if (!tw_stamp_set(&f->st) || !same_bits(&f->value, &v, 1)) c->changed |= sig;
   f->value = v;
   stamp(&f->st, c->at, c->seq);
   c->applied++;
@@ -260,7 +260,7 @@ static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c, uint32
     c->stale++;
     return;
   }
-  if (!f->st.set || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
+  if (!tw_stamp_set(&f->st) || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
   f->v = tw_xrealloc(f->v, n * sizeof *v);
   memcpy(f->v, v, n * sizeof *v);
   f->n = (uint32_t)n;
@@ -306,7 +306,7 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
   }
   /* Most reports repeat the set held: then only the stamp moves. */
   if (same_set(f, codes, n)) {
-    if (!f->st.set) c->changed |= TW_SIG_DTCS;
+    if (!tw_stamp_set(&f->st)) c->changed |= TW_SIG_DTCS;
     stamp(&f->st, c->at, c->seq);
     c->applied++;
     return;
@@ -324,7 +324,7 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
     }
     f->s[k++] = f->s[i];
   }
-  if (!f->st.set || f->n != k) c->changed |= TW_SIG_DTCS;
+  if (!tw_stamp_set(&f->st) || f->n != k) c->changed |= TW_SIG_DTCS;
   f->n = k;
   stamp(&f->st, c->at, c->seq);
   c->applied++;

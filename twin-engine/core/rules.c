@@ -102,7 +102,7 @@ static bool signal_parse(const char *name, int *sig, char **metric) {
 }
 
 static bool vec_extreme(const tw_vec_t *v, bool max, double *out) {
-  if (!v->st.set || v->n == 0) return false;
+  if (!tw_stamp_set(&v->st) || v->n == 0) return false;
   double m = v->v[0];
   for (uint32_t i = 1; i < v->n; i++)
     if (max ? v->v[i] > m : v->v[i] < m) m = v->v[i];
@@ -420,7 +420,7 @@ struct tw_rules {
 
 static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_twin_t *t, double *v) {
   if (sig < TW_F_SCALAR_COUNT) {
-    if (!t->scalars[sig].st.set) return false;
+    if (!tw_stamp_set(&t->scalars[sig].st)) return false;
     *v = t->scalars[sig].value;
     return true;
   }
@@ -431,12 +431,12 @@ static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_
   case S_TIRE_MAX: return vec_extreme(&t->tire_pressure_kpa, true, v);
   case S_METRIC: {
     const tw_metric_t *m = metric_find(t, metric);
-    if (!m || !m->val.st.set) return false;
+    if (!m || !tw_stamp_set(&m->val.st)) return false;
     *v = m->val.value;
     return true;
   }
   case S_DTC_COUNT:
-    if (!t->dtc_codes.st.set) return false;
+    if (!tw_stamp_set(&t->dtc_codes.st)) return false;
     *v = t->dtc_codes.n;
     return true;
   case S_RECALLS_OPEN: *v = t->n_open_recalls; return true;
@@ -444,7 +444,8 @@ static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_
     int64_t at;
     bool has;
     double odo;
-    if (!service_base(t, &at, &has, &odo) || !has || !t->scalars[TW_F_ODOMETER_KM].st.set) return false;
+    if (!service_base(t, &at, &has, &odo) || !has || !tw_stamp_set(&t->scalars[TW_F_ODOMETER_KM].st))
+      return false;
     /* A reading older than the visit's own is no distance driven since. */
     *v = fmax(0.0, t->scalars[TW_F_ODOMETER_KM].value - odo);
     return true;

@@ -58,7 +58,7 @@ static void put_telemetry(bson_t *doc, const tw_twin_t *t) {
   BSON_APPEND_DOCUMENT_BEGIN(doc, "telemetry", &tel);
   for (int i = 0; i < TW_F_SCALAR_COUNT; i++) {
     const tw_scalar_t *s = &t->scalars[i];
-    if (!s->st.set) continue;
+    if (!tw_stamp_set(&s->st)) continue;
     BSON_APPEND_DOCUMENT_BEGIN(&tel, tw_scalar_field_name((tw_scalar_field_t)i), &f);
     BSON_APPEND_DOUBLE(&f, "value", s->value);
     put_stamp(&f, &s->st);
@@ -69,19 +69,19 @@ static void put_telemetry(bson_t *doc, const tw_twin_t *t) {
     const tw_vec_t *v;
   } vecs[] = {{"tire_pressure_kpa", &t->tire_pressure_kpa}, {"brake_pad_mm", &t->brake_pad_mm}};
   for (size_t i = 0; i < 2; i++) {
-    if (!vecs[i].v->st.set) continue;
+    if (!tw_stamp_set(&vecs[i].v->st)) continue;
     BSON_APPEND_DOCUMENT_BEGIN(&tel, vecs[i].name, &f);
     put_doubles(&f, "value", vecs[i].v->v, vecs[i].v->n);
     put_stamp(&f, &vecs[i].v->st);
     bson_append_document_end(&tel, &f);
   }
-  if (t->dtc_codes.st.set) {
+  if (tw_stamp_set(&t->dtc_codes.st)) {
     BSON_APPEND_DOCUMENT_BEGIN(&tel, "dtc_codes", &f);
     put_strings(&f, "value", t->dtc_codes.s, t->dtc_codes.n);
     put_stamp(&f, &t->dtc_codes.st);
     bson_append_document_end(&tel, &f);
   }
-  if (t->firmware_st.set) {
+  if (tw_stamp_set(&t->firmware_st)) {
     BSON_APPEND_DOCUMENT_BEGIN(&tel, "firmware_version", &f);
     BSON_APPEND_UTF8(&f, "value", t->firmware_version);
     put_stamp(&f, &t->firmware_st);
@@ -238,16 +238,16 @@ void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
     BSON_APPEND_NULL(doc, "min_brake_pad_mm");
   }
   const tw_scalar_t *odo = &t->scalars[TW_F_ODOMETER_KM];
-  if (odo->st.set && t->last_service.set && t->last_service.has_odometer)
+  if (tw_stamp_set(&odo->st) && t->last_service.set && t->last_service.has_odometer)
     BSON_APPEND_DOUBLE(doc, "odometer_since_service_km", odo->value - t->last_service.odometer_km);
-  else if (odo->st.set && !t->last_service.set)
+  else if (tw_stamp_set(&odo->st) && !t->last_service.set)
     BSON_APPEND_DOUBLE(doc, "odometer_since_service_km", odo->value);
   else
     BSON_APPEND_NULL(doc, "odometer_since_service_km");
 
   BSON_APPEND_DOCUMENT_BEGIN(doc, "battery_health", &d);
   const tw_scalar_t *soh = &t->scalars[TW_F_BATTERY_SOH_PCT];
-  if (soh->st.set)
+  if (tw_stamp_set(&soh->st))
     BSON_APPEND_DOUBLE(&d, "soh_pct", soh->value);
   else
     BSON_APPEND_NULL(&d, "soh_pct");
@@ -385,7 +385,7 @@ static char *it_str(const bson_iter_t *it) {
 static void read_stamp_from(const bson_iter_t *field, tw_stamp_t *st) {
   bson_iter_t in;
   if (!bson_iter_recurse(field, &in)) return;
-  st->set = true;
+  /* Set when seq >= 1; the engine never writes seq 0 (validation rejects it). */
   while (bson_iter_next(&in)) {
     if (strcmp(bson_iter_key(&in), "at_ms") == 0) st->at_ms = it_i64(&in);
     if (strcmp(bson_iter_key(&in), "seq") == 0) st->seq = (uint64_t)it_i64(&in);
