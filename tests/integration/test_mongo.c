@@ -20,8 +20,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "store.h"
+#include "util.h"
 #include <mongoc/mongoc.h>
 
 typedef struct {
@@ -442,6 +444,55 @@ static void test_export_fence(void **state) {
   tw_store_destroy(exp);
 }
 
+/* Shards of several engines enter and leave the fence at the same time:
+ * every flush that left must be gone for the exporter (a lost leave would
+ * make every export wait until it expires, TW_FENCE_FLUSH_MS). */
+typedef struct {
+  const char *db;
+  int id;
+  bool ok;
+} racer_t;
+
+static void *fence_racer(void *arg) {
+  racer_t *r = arg;
+  bson_error_t err;
+  tw_store_t *st = tw_store_new(uri_string(), r->db, "fence-racer", &err);
+  r->ok = st != NULL;
+  for (int i = 0; r->ok && i < 40; i++) {
+    char fid[64];
+    snprintf(fid, sizeof fid, "racer/%d/%d", r->id, i);
+    tw_fence_ticket_t t;
+    bool entered = false;
+    r->ok = tw_store_fence_enter(st, fid, tw_now_ms(), &t, &entered, &err) && entered &&
+            tw_store_fence_leave(st, &t, &err);
+  }
+  tw_store_destroy(st);
+  return NULL;
+}
+
+static void test_export_fence_concurrent(void **state) {
+  fixture_t *f = *state;
+  bson_error_t err;
+  tw_store_t *exp = tw_store_new(uri_string(), f->dbname, "fence-export", &err);
+  assert_non_null(exp);
+  assert_true(tw_store_fence_init(exp, &err));
+  enum { N = 4 };
+  pthread_t th[N];
+  racer_t r[N];
+  for (int i = 0; i < N; i++) {
+    r[i] = (racer_t){f->dbname, i, false};
+    assert_int_equal(pthread_create(&th[i], NULL, fence_racer, &r[i]), 0);
+  }
+  for (int i = 0; i < N; i++) {
+    pthread_join(th[i], NULL);
+    assert_true(r[i].ok);
+  }
+  int inflight = -1;
+  assert_true(tw_store_export_inflight(exp, tw_now_ms(), &inflight, &err));
+  assert_int_equal(inflight, 0);
+  tw_store_destroy(exp);
+}
+
 int main(void) {
   mongoc_init();
   const struct CMUnitTest tests[] = {
@@ -450,6 +501,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_guarded_upsert_is_monotonic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_insert_duplicate_id, setup, teardown),
       cmocka_unit_test_setup_teardown(test_export_fence, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_export_fence_concurrent, setup, teardown),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mongoc_cleanup();

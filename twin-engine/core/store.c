@@ -517,13 +517,11 @@ static bool fence_update(tw_store_t *s, const bson_t *filter, const bson_t *upda
 }
 
 bool tw_store_fence_init(tw_store_t *s, bson_error_t *err) {
-  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, soi, arr;
+  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, soi;
   BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
   BSON_APPEND_DOCUMENT_BEGIN(&update, "$setOnInsert", &soi);
   BSON_APPEND_INT64(&soi, "export_until", 0);
   BSON_APPEND_UTF8(&soi, "holder", "");
-  BSON_APPEND_ARRAY_BEGIN(&soi, "inflight", &arr);
-  bson_append_array_end(&soi, &arr);
   bson_append_document_end(&update, &soi);
   bool ok = fence_update(s, &filter, &update, true, NULL, err);
   /* Two engines starting at once: the loser's upsert hits the unique _id. */
@@ -533,35 +531,59 @@ bool tw_store_fence_init(tw_store_t *s, bson_error_t *err) {
   return ok;
 }
 
+/* export_until of the fence document (0 when there is none). */
+static bool fence_export_until(tw_store_t *s, int64_t *until, bson_error_t *err) {
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->fence, &filter, NULL, NULL);
+  const bson_t *doc;
+  bson_iter_t it;
+  *until = 0;
+  if (mongoc_cursor_next(cur, &doc) && bson_iter_init_find(&it, doc, "export_until") &&
+      BSON_ITER_HOLDS_NUMBER(&it))
+    *until = bson_iter_as_int64(&it);
+  bool ok = !mongoc_cursor_error(cur, err);
+  mongoc_cursor_destroy(cur);
+  bson_destroy(&filter);
+  return ok;
+}
+
+/* A flush first announces itself (its own document), then looks at the
+ * fence; an export first takes the fence, then looks for flushes. Each side
+ * writes before it reads, so at least one of them sees the other: the flush
+ * backs off, or the export waits for it. */
 bool tw_store_fence_enter(tw_store_t *s, const char *flush_id, int64_t now_ms, tw_fence_ticket_t *ticket,
                           bool *entered, bson_error_t *err) {
-  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, lte, push;
-  bson_snprintf(ticket->entry, sizeof ticket->entry, "%lld|%s", (long long)(now_ms + TW_FENCE_FLUSH_MS),
-                flush_id);
-  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
-  BSON_APPEND_DOCUMENT_BEGIN(&filter, "export_until", &lte);
-  BSON_APPEND_INT64(&lte, "$lte", now_ms);
-  bson_append_document_end(&filter, &lte);
-  BSON_APPEND_DOCUMENT_BEGIN(&update, "$push", &push);
-  BSON_APPEND_UTF8(&push, "inflight", ticket->entry);
-  bson_append_document_end(&update, &push);
-  int64_t matched = 0;
-  bool ok = fence_update(s, &filter, &update, false, &matched, err);
-  *entered = ok && matched == 1;
+  *entered = false;
+  bson_snprintf(ticket->entry, sizeof ticket->entry, "flush|%s", flush_id);
+  bson_t doc = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&doc, "_id", ticket->entry);
+  BSON_APPEND_UTF8(&doc, "kind", "flush");
+  BSON_APPEND_INT64(&doc, "until", now_ms + TW_FENCE_FLUSH_MS);
+  bson_t opts = BSON_INITIALIZER;
+  BSON_APPEND_BOOL(&opts, "upsert", true);
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", ticket->entry);
+  bool ok = mongoc_collection_replace_one(s->fence, &filter, &doc, &opts, NULL, err);
   bson_destroy(&filter);
-  bson_destroy(&update);
+  bson_destroy(&opts);
+  bson_destroy(&doc);
+  int64_t until = 0;
+  ok = ok && fence_export_until(s, &until, err);
+  if (ok && until <= now_ms) {
+    *entered = true;
+    return true;
+  }
+  bson_error_t lerr;
+  tw_store_fence_leave(s, ticket, &lerr); /* fenced (or failed): withdraw */
   return ok;
 }
 
 bool tw_store_fence_leave(tw_store_t *s, const tw_fence_ticket_t *ticket, bson_error_t *err) {
-  bson_t filter = BSON_INITIALIZER, update = BSON_INITIALIZER, pull;
-  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
-  BSON_APPEND_DOCUMENT_BEGIN(&update, "$pull", &pull);
-  BSON_APPEND_UTF8(&pull, "inflight", ticket->entry);
-  bson_append_document_end(&update, &pull);
-  bool ok = fence_update(s, &filter, &update, false, NULL, err);
+  bson_t filter = BSON_INITIALIZER;
+  BSON_APPEND_UTF8(&filter, "_id", ticket->entry);
+  bool ok = mongoc_collection_delete_one(s->fence, &filter, NULL, NULL, err);
   bson_destroy(&filter);
-  bson_destroy(&update);
   return ok;
 }
 
@@ -596,16 +618,15 @@ bool tw_store_export_take(tw_store_t *s, const char *holder, int64_t now_ms, int
 
 bool tw_store_export_inflight(tw_store_t *s, int64_t now_ms, int *inflight, bson_error_t *err) {
   bson_t filter = BSON_INITIALIZER;
-  BSON_APPEND_UTF8(&filter, "_id", FENCE_ID);
+  BSON_APPEND_UTF8(&filter, "kind", "flush");
   mongoc_cursor_t *cur = mongoc_collection_find_with_opts(s->fence, &filter, NULL, NULL);
   const bson_t *doc;
-  bson_iter_t it, arr;
+  bson_iter_t it;
   *inflight = 0;
-  if (mongoc_cursor_next(cur, &doc) && bson_iter_init_find(&it, doc, "inflight") &&
-      BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &arr)) {
-    while (bson_iter_next(&arr))
-      if (BSON_ITER_HOLDS_UTF8(&arr) && strtoll(bson_iter_utf8(&arr, NULL), NULL, 10) > now_ms) (*inflight)++;
-  }
+  while (mongoc_cursor_next(cur, &doc))
+    if (bson_iter_init_find(&it, doc, "until") && BSON_ITER_HOLDS_NUMBER(&it) &&
+        bson_iter_as_int64(&it) > now_ms)
+      (*inflight)++;
   bool ok = !mongoc_cursor_error(cur, err);
   mongoc_cursor_destroy(cur);
   bson_destroy(&filter);

@@ -49,20 +49,24 @@ bool tw_store_read_checkpoint(tw_store_t *s, const char *group, const char *topi
 
 /* ---- Export fence: consistent exports while the engine runs ---------------
  *
- * One document {_id: "export"} in collection `fence`: `export_until` (wall
- * ms until which an export holds the fence, 0 = none), `holder`, and
- * `inflight`, the flushes in progress as strings "<until ms>|<id>" (exact
- * values, because FerretDB's $pull matches whole elements only). A flush enters only
- * while no export holds the fence (one atomic update) and leaves after its
- * checkpoints; an export takes the fence, then waits until no flush is in
- * progress, then reads checkpoints and twins: the twins are exactly the
- * state at those checkpoints. Both sides expire (a flush after
- * TW_FENCE_FLUSH_MS, an export at export_until), so a crashed engine or
- * exporter blocks the other for a bounded time only. */
+ * In collection `fence`: the document {_id: "export"} with `export_until`
+ * (wall ms until which an export holds the fence, 0 = none) and `holder`,
+ * written by exports only; and one document per flush in progress,
+ * {_id: "flush|<id>", kind: "flush", until}, inserted and deleted by its
+ * flush only. No document is written by both sides, because FerretDB runs
+ * an update as read-modify-write: two shards updating one shared document
+ * at once lost one of the updates (a flush that had left stayed listed, and
+ * every export waited for it to expire). A flush announces itself, then
+ * enters only if no export holds the fence (else withdraws); an export takes
+ * the fence, then waits until no flush is in progress, then reads
+ * checkpoints and twins: the twins are exactly the state at those
+ * checkpoints. Both sides expire (a flush after TW_FENCE_FLUSH_MS, an
+ * export at export_until), so a crashed engine or exporter blocks the other
+ * for a bounded time only. */
 #define TW_FENCE_FLUSH_MS 120000
 bool tw_store_fence_init(tw_store_t *s, bson_error_t *err);
 typedef struct {
-  char entry[192]; /* the inflight element this flush added */
+  char entry[192]; /* the _id of this flush's document */
 } tw_fence_ticket_t;
 /* *entered = false (and true returned) when an export holds the fence. */
 bool tw_store_fence_enter(tw_store_t *s, const char *flush_id, int64_t now_ms, tw_fence_ticket_t *ticket,
