@@ -289,6 +289,8 @@ function alertsCard(t) {
         h('p.alert-head', {}, severityBadge(a.severity), ' ', h('strong', {}, ruleLabel(a.rule))),
         h('p', {}, a.message),
         h('p.meta', {}, `Value ${num(a.value, 2)} ${u} against threshold ${num(a.threshold, 2)} ${u}`,
+          // days to the limit below 0: the predicted date lies behind the twin's latest event
+          typeof a.predicted_at_ms === 'number' && a.value < 0 ? ' (the predicted date has passed)' : '',
           ` · since ${dateTime(a.since)}`,
           typeof a.predicted_at_ms === 'number' ? h('span', { 'data-testid': 'predicted' },
             ` · predicted for ${dateOnly(a.predicted_at_ms)}`) : null));

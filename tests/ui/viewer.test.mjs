@@ -157,6 +157,12 @@ try {
   }
   const alert = await page.textContent(`[data-testid=alerts] li[data-rule=${X.alert_rule}]`);
   check(alert && alert.includes(X.alert_severity) && alert.includes('against threshold'), `alert ${X.alert_rule}: ${alert}`);
+  // A predicted alert whose date lies behind the twin's latest event says so.
+  for (const text of await page.$$eval('[data-testid=alerts] li', (li) => li.map((e) => e.textContent))) {
+    if (/predicted for/.test(text) && /Value -/.test(text)) {
+      check(text.includes('(the predicted date has passed)'), `overdue prediction not marked: ${text}`);
+    }
+  }
   const wheels = await page.$$eval('[data-testid=wheels] .wheel', (w) => w.map((e) => e.textContent));
   check(wheels.length === 4 && wheels.every((w) => /kPa/.test(w) && /mm/.test(w)), `wheels: ${wheels}`);
   check(/km/.test(await page.textContent('[data-signal=odometer_km] .value')), 'odometer has no unit');
