@@ -264,6 +264,23 @@ enum { TW_TOPIC_TELEMETRY = 0, TW_TOPIC_LIFECYCLE = 1 };
 tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window);
 void tw_twin_destroy(tw_twin_t *t); /* accepts NULL */
 
+/* Asks the cache for what applying an event to t reads, without waiting
+ * for it: stage 0 the struct, stage 1 the arrays it points to (sources,
+ * metrics, alerts, vectors, the timeline's next slot), stage 2 the blocks
+ * those point to (each source's window and name, each metric's name, each
+ * alert's rule id). A shard calls stage 0 for the twin a few events ahead
+ * of the one it applies and the later stages nearer: each stage reads the
+ * pointers the one before brought in. Changes nothing; t may be NULL. */
+void tw_twin_prefetch(const tw_twin_t *t, int stage);
+
+/* The prefetches to make before applying the event of tw[i], in a batch
+ * whose events go to the twins tw[0..n). */
+static inline void tw_twin_prefetch_ahead(tw_twin_t *const *tw, size_t i, size_t n) {
+  if (i + 4 < n) tw_twin_prefetch(tw[i + 4], 0);
+  if (i + 2 < n) tw_twin_prefetch(tw[i + 2], 1);
+  if (i + 1 < n) tw_twin_prefetch(tw[i + 1], 2);
+}
+
 /* ---- The reducer ----------------------------------------------------------- */
 typedef enum {
   TW_OUT_APPLIED = 0, /* accepted and at least one value changed */

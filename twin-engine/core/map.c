@@ -42,6 +42,35 @@ static size_t find(const tw_map_t *m, const char *id, uint64_t h) {
 
 tw_twin_t *tw_map_get(const tw_map_t *m, const char *id) { return m->slots[find(m, id, tw_map_hash(id))]; }
 
+void tw_map_find_batch(const tw_map_t *m, const char *const *ids, tw_twin_t **out, size_t n) {
+  enum { D = 8 }; /* look-ups in flight per stage; h holds the hashes of the last 2 * D */
+  uint64_t h[2 * D];
+  size_t mask = m->cap - 1;
+  /* Step i finishes look-up i - 2D, touches the twin of i - D (its first
+   * line and, as tw_twin_new lays it out, the id right after the struct)
+   * and hashes i, touching its slot: each stage reads what the one before
+   * brought into the cache D steps earlier. */
+  for (size_t i = 0; i < n + 2 * D; i++) {
+    if (i >= 2 * D) {
+      size_t k = i - 2 * D;
+      out[k] = m->slots[find(m, ids[k], h[k % (2 * D)])];
+    }
+    if (i >= D && i - D < n) {
+      const tw_twin_t *t = m->slots[h[(i - D) % (2 * D)] & mask];
+      if (t) {
+        __builtin_prefetch(t);
+        __builtin_prefetch(t + 1);
+      }
+    }
+    if (i < n) {
+      uint64_t x = tw_map_hash(ids[i]);
+      h[i % (2 * D)] = x;
+      __builtin_prefetch(&m->slots[x & mask]);
+      __builtin_prefetch(&m->hashes[x & mask]);
+    }
+  }
+}
+
 static void grow(tw_map_t *m);
 
 tw_twin_t *tw_map_get_or_new(tw_map_t *m, const char *id, uint32_t seq_window) {

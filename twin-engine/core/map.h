@@ -21,6 +21,12 @@ void tw_map_cleanup(tw_map_t *m, bool destroy_twins);
 tw_twin_t *tw_map_get(const tw_map_t *m, const char *product_id);
 /* Inserts t (whose product_id is not in the map yet). */
 void tw_map_put(tw_map_t *m, tw_twin_t *t);
+/* out[i] = the twin of ids[i], or NULL, for i < n. The look-ups are
+ * interleaved so that the cache misses of several (the slot, then the
+ * twin's first line and its id) are in flight together instead of one
+ * after another: on a map larger than the cache this is where a shard's
+ * time goes (bench/README: reducer core). */
+void tw_map_find_batch(const tw_map_t *m, const char *const *ids, tw_twin_t **out, size_t n);
 /* The twin of product_id, created empty (seq window seq_window) if new. */
 tw_twin_t *tw_map_get_or_new(tw_map_t *m, const char *product_id, uint32_t seq_window);
 /* Removes and returns the twin, or NULL. */

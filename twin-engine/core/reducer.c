@@ -84,6 +84,31 @@ tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window) {
   return t;
 }
 
+void tw_twin_prefetch(const tw_twin_t *t, int stage) {
+  if (!t) return;
+  switch (stage) {
+  case 0:
+    for (size_t off = 0; off < sizeof *t; off += 64) __builtin_prefetch((const char *)t + off);
+    break;
+  case 1:
+    if (t->sources) __builtin_prefetch(t->sources);
+    if (t->metrics) __builtin_prefetch(t->metrics);
+    if (t->alerts) __builtin_prefetch(t->alerts);
+    if (t->tire_pressure_kpa.v) __builtin_prefetch(t->tire_pressure_kpa.v);
+    if (t->brake_pad_mm.v) __builtin_prefetch(t->brake_pad_mm.v);
+    if (t->n_timeline < t->cap_timeline) __builtin_prefetch(&t->timeline[t->n_timeline]);
+    break;
+  default:
+    for (uint32_t i = 0; i < t->n_sources; i++) {
+      __builtin_prefetch(t->sources[i].bits);
+      __builtin_prefetch(t->sources[i].name); /* after the window's words: maybe the next line */
+    }
+    for (uint32_t i = 0; i < t->n_metrics; i++) __builtin_prefetch(t->metrics[i].name);
+    for (uint32_t i = 0; i < t->n_alerts; i++) __builtin_prefetch(t->alerts[i].rule);
+    break;
+  }
+}
+
 static void entry_cleanup(tw_entry_t *e) { free(e->mem); }
 
 static size_t opt_len(const char *s) { return s ? strlen(s) + 1 : 0; }

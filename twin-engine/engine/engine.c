@@ -725,13 +725,16 @@ static int cmp_cstr(const void *a, const void *b) {
   return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Makes sure every product in the batch has its twin in memory: stored ones
- * are loaded in batches of load.batch, the rest start empty. */
-static void ensure_twins(shard_t *s, pending_t *pend, size_t n) {
+/* Finds the twin of every event in the batch, tw[i] for pend[i]: the ones
+ * in memory with one interleaved look-up (tw_map_find_batch), stored ones
+ * loaded in batches of load.batch, the rest new and empty. */
+static void ensure_twins(shard_t *s, pending_t *pend, tw_twin_t **tw, size_t n) {
   const char **ids = tw_xmalloc((n ? n : 1) * sizeof *ids);
+  for (size_t i = 0; i < n; i++) ids[i] = pend[i].env->product_id;
+  tw_map_find_batch(&s->twins, ids, tw, n);
   size_t k = 0;
   for (size_t i = 0; i < n; i++)
-    if (!tw_map_get(&s->twins, pend[i].env->product_id)) ids[k++] = pend[i].env->product_id;
+    if (!tw[i]) ids[k++] = pend[i].env->product_id;
   if (k) {
     qsort(ids, k, sizeof *ids, cmp_cstr);
     size_t u = 0;
@@ -753,6 +756,8 @@ static void ensure_twins(shard_t *s, pending_t *pend, size_t n) {
     for (size_t i = 0; i < k; i++)
       if (!tw_map_get(&s->twins, ids[i]))
         tw_map_put(&s->twins, tw_twin_new(ids[i], (uint32_t)s->e->cfg->seq_window));
+    for (size_t i = 0; i < n; i++)
+      if (!tw[i]) tw[i] = tw_map_get(&s->twins, pend[i].env->product_id);
   }
   free(ids);
 }
@@ -792,11 +797,13 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     pend[np++] = (pending_t){m, env, p};
   }
 
-  ensure_twins(s, pend, np);
+  tw_twin_t **tw = tw_xmalloc((np ? np : 1) * sizeof *tw);
+  ensure_twins(s, pend, tw, np);
 
   for (size_t i = 0; i < np; i++) {
     pending_t *pd = &pend[i];
-    tw_twin_t *t = tw_map_get(&s->twins, pd->env->product_id);
+    tw_twin_t *t = tw[i];
+    tw_twin_prefetch_ahead(tw, i, np);
     int ti = pd->part->topic_idx;
     t->partition = pd->m->partition;
     if (pd->m->offset <= t->offsets[ti]) {
@@ -825,6 +832,7 @@ static void process_batch(shard_t *s, rd_kafka_message_t **msgs, size_t n) {
     }
     rd_kafka_message_destroy(pd->m);
   }
+  free(tw);
   free(pend);
   tw_arena_reset(&s->arena);
   atomic_store(&s->st.twins_in_memory, s->twins.len);
