@@ -116,11 +116,11 @@ static void test_prefetch_reads_only_the_twin(void **state) {
     free(e);
   }
   assert_int_equal(t->n_sources, 3);
-  assert_int_equal(t->n_metrics, 3);
+  assert_int_equal(t->tel->n_metrics, 3);
   uint64_t rev = t->rev;
   tw_twin_t *tw[] = {t, empty, NULL, t, empty, t};
   for (size_t i = 0; i < 6; i++) tw_twin_prefetch_ahead(tw, i, 6);
-  for (int stage = 0; stage < 3; stage++) {
+  for (int stage = 0; stage < 4; stage++) {
     tw_twin_prefetch(t, stage);
     tw_twin_prefetch(empty, stage);
     tw_twin_prefetch(NULL, stage);
