@@ -77,9 +77,10 @@ __attribute__((noinline)) static void apply_all(const msg_t *m, size_t n, bool a
     for (size_t i = b; i < end; i++) {
       /* Arena mode decodes and validates as a shard does (tw_envelope_decode);
        * the reference is protobuf-c's unpack with malloc, then validation. */
-      Twin__V1__Envelope *e = arena_mode ? tw_envelope_decode(&arena->pb, m[i].value, m[i].value_len, m[i].key,
-                                                              m[i].key_len, SIZE_MAX, err, sizeof err)
-                                         : twin__v1__envelope__unpack(NULL, m[i].value_len, m[i].value);
+      Twin__V1__Envelope *e = arena_mode
+                                  ? tw_envelope_decode(&arena->pb, m[i].value, m[i].value_len, m[i].key,
+                                                       m[i].key_len, SIZE_MAX, err, sizeof err)
+                                  : twin__v1__envelope__unpack(NULL, m[i].value_len, m[i].value);
       if (e && !arena_mode && !tw_envelope_validate(e, m[i].key, m[i].key_len, err, sizeof err)) {
         twin__v1__envelope__free_unpacked(e, NULL);
         e = NULL;

@@ -199,6 +199,27 @@ typedef struct {
   uint32_t n; /* times raised: the cycle number in alert ids */
 } tw_alert_cycle_t;
 
+/* ---- The telemetry state --------------------------------------------------- */
+/* Everything only telemetry writes, in one block the twin allocates on the
+ * first telemetry event that sets a value (tw_twin_tel_mut). Most twins of
+ * a fleet never get telemetry (ordered, in production or in transit, or
+ * not connected) and keep tel NULL: they read tw_telemetry_none, an
+ * all-zero block, which reads exactly as a block no event has written
+ * (no stamp set, no vectors, codes, firmware or metrics, empty fits). */
+typedef struct {
+  tw_scalar_t scalars[TW_F_SCALAR_COUNT];
+  tw_vec_t tire_pressure_kpa, brake_pad_mm;
+  tw_strs_t dtc_codes;
+  char *firmware_version; /* owned */
+  tw_stamp_t firmware_st;
+  tw_trend_t soh_trend;
+  tw_wear_t brake_wear;
+  tw_metric_t *metrics; /* owned, sorted by name */
+  uint32_t n_metrics;   /* last: the block's only padding is after it */
+} tw_telemetry_t;
+
+extern const tw_telemetry_t tw_telemetry_none;
+
 typedef struct tw_twin {
   char *product_id; /* stored right after the struct, freed with it */
   tw_stage_t stage;
@@ -210,15 +231,7 @@ typedef struct tw_twin {
   char *model, *owner;         /* owned, may be NULL */
   uint64_t rev;                /* events accepted: not duplicate, too late or rejected */
   uint64_t seen;               /* every event that reached the reducer; guards writes */
-
-  tw_scalar_t scalars[TW_F_SCALAR_COUNT];
-  tw_vec_t tire_pressure_kpa, brake_pad_mm;
-  tw_strs_t dtc_codes;
-  char *firmware_version; /* owned */
-  tw_stamp_t firmware_st;
-  tw_metric_t *metrics; /* owned, sorted by name */
-  uint32_t n_metrics;
-  tw_trend_t soh_trend;
+  tw_telemetry_t *tel;         /* owned; NULL until a telemetry event set a value: read with tw_twin_tel() */
 
   tw_source_t *sources; /* owned, sorted by name */
   uint32_t n_sources;
@@ -228,9 +241,13 @@ typedef struct tw_twin {
   uint32_t n_timeline, cap_timeline;
   char **open_recalls; /* owned, in issue order */
   uint32_t n_open_recalls;
+  /* Set by the reducer, cleared by the rules: the TW_SIG_* classes changed
+   * since rule set number rules_gen last evaluated this twin (0: none has,
+   * e.g. a new or loaded twin, so every rule runs next time). */
+  uint32_t rule_inputs;
+  uint64_t rules_gen;
   tw_service_t last_service;
   int64_t last_brake_service_ms; /* 0 = never */
-  tw_wear_t brake_wear;
   int64_t delivered_ms;
   double delivered_odometer_km;
   int64_t last_event_ms; /* latest event time of any accepted event: the twin's "now" */
@@ -241,11 +258,6 @@ typedef struct tw_twin {
   tw_alert_t *alerts;
   tw_alert_cycle_t *alert_cycles; /* sorted by rule id */
   uint32_t n_alerts, n_alert_cycles;
-  /* Set by the reducer, cleared by the rules: the TW_SIG_* classes changed
-   * since rule set number rules_gen last evaluated this twin (0: none has,
-   * e.g. a new or loaded twin, so every rule runs next time). */
-  uint32_t rule_inputs;
-  uint64_t rules_gen;
 
   /* Engine bookkeeping, not touched by the reducer: the Kafka offset of
    * the last message of this product incorporated, per input topic (-1 =
@@ -256,6 +268,14 @@ typedef struct tw_twin {
   bool dirty;        /* changed since the last acknowledged snapshot */
 } tw_twin_t;
 
+/* The twin's telemetry state for reading: tw_telemetry_none when it has
+ * none yet. */
+static inline const tw_telemetry_t *tw_twin_tel(const tw_twin_t *t) {
+  return t->tel ? t->tel : &tw_telemetry_none;
+}
+/* For writing: allocates the block (all zero) on first use. */
+tw_telemetry_t *tw_twin_tel_mut(tw_twin_t *t);
+
 enum { TW_TOPIC_TELEMETRY = 0, TW_TOPIC_LIFECYCLE = 1 };
 
 /* Allocates an empty twin for product_id with a seq window of seq_window
@@ -265,20 +285,22 @@ tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window);
 void tw_twin_destroy(tw_twin_t *t); /* accepts NULL */
 
 /* Asks the cache for what applying an event to t reads, without waiting
- * for it: stage 0 the struct, stage 1 the arrays it points to (sources,
- * metrics, alerts, vectors, the timeline's next slot), stage 2 the blocks
- * those point to (each source's window and name, each metric's name, each
- * alert's rule id). A shard calls stage 0 for the twin a few events ahead
- * of the one it applies and the later stages nearer: each stage reads the
- * pointers the one before brought in. Changes nothing; t may be NULL. */
+ * for it: stage 0 the struct, stage 1 the blocks it points to (sources,
+ * the telemetry block, alerts, the timeline's next slot), stage 2 the
+ * blocks those point to (each source's window and name, each alert's rule
+ * id, the metrics and the vectors), stage 3 each metric's name. A shard
+ * calls stage 0 for the twin a few events ahead of the one it applies and
+ * the later stages nearer: each stage reads the pointers the one before
+ * brought in. Changes nothing; t may be NULL. */
 void tw_twin_prefetch(const tw_twin_t *t, int stage);
 
 /* The prefetches to make before applying the event of tw[i], in a batch
  * whose events go to the twins tw[0..n). */
 static inline void tw_twin_prefetch_ahead(tw_twin_t *const *tw, size_t i, size_t n) {
   if (i + 4 < n) tw_twin_prefetch(tw[i + 4], 0);
-  if (i + 2 < n) tw_twin_prefetch(tw[i + 2], 1);
-  if (i + 1 < n) tw_twin_prefetch(tw[i + 1], 2);
+  if (i + 3 < n) tw_twin_prefetch(tw[i + 3], 1);
+  if (i + 2 < n) tw_twin_prefetch(tw[i + 2], 2);
+  if (i + 1 < n) tw_twin_prefetch(tw[i + 1], 3);
 }
 
 /* ---- The reducer ----------------------------------------------------------- */

@@ -271,7 +271,7 @@ static void test_predictive_accuracy(void **state) {
   assert_int_equal(c.n, 2); /* CLEARED: the fit says nothing about the new pads */
   apply(rules, t, pad_sample(now + DAY / 4, ++seq, 12.0, 40.0 * 300), &c);
   assert_int_equal(c.n, 2);
-  assert_int_equal(t->brake_wear.n, 1); /* a fresh fit */
+  assert_int_equal(t->tel->brake_wear.n, 1); /* a fresh fit */
   assert_int_equal(t->n_alerts, 0);
   bson_destroy(&c.arr);
   tw_twin_destroy(t);

@@ -356,11 +356,11 @@ static void test_event_times(void **state) {
   expect_dlq(t, lifecycle("VIN-TIME", 1, INT64_MAX, TWIN__V1__LIFECYCLE_KIND__ORDERED), "VIN-TIME", -1,
              "event_time_ms 9223372036854775807 is outside");
   /* The odometer was not moved by any of them. */
-  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 1);
+  assert_true(t->tel->scalars[TW_F_ODOMETER_KM].value == 1);
   /* The edges are accepted; last-writer-wins then keeps the newest. */
   expect_outcome(t, telemetry("VIN-TIME", "tcu", 2, TW_EVENT_TIME_MAX_MS - 1, 7), TW_OUT_APPLIED);
   expect_outcome(t, telemetry("VIN-TIME", "tcu", 3, 0, 8), TW_OUT_STALE);
-  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 7);
+  assert_true(t->tel->scalars[TW_F_ODOMETER_KM].value == 7);
   /* A snapshot at the edge reads back unchanged. */
   bson_t doc = BSON_INITIALIZER;
   char err[256];
@@ -387,7 +387,7 @@ static void test_seq_wrap(void **state) {
   expect_outcome(t, telemetry("VIN-SEQ", "tcu", 1, T0 + 4, 4), TW_OUT_TOO_LATE);
   expect_outcome(t, telemetry("VIN-SEQ", "tcu", 2, T0 + 5, 5), TW_OUT_TOO_LATE);
   assert_true(t->counters.too_late == 2 && t->counters.duplicates == 1);
-  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 2);
+  assert_true(t->tel->scalars[TW_F_ODOMETER_KM].value == 2);
   /* The documented way out: a new source name starts its own seqs. */
   expect_outcome(t, telemetry("VIN-SEQ", "tcu-2", 1, T0 + 6, 6), TW_OUT_APPLIED);
   /* The marks survive a snapshot (uint64 stored as int64 bits). */

@@ -73,7 +73,8 @@ static void test_batch_matches_single(void **state) {
   tw_map_cleanup(&m, true);
 }
 
-static Twin__V1__Envelope *telemetry(const char *pid, const char *source, uint64_t seq, int64_t at, double v) {
+static Twin__V1__Envelope *telemetry(const char *pid, const char *source, uint64_t seq, int64_t at,
+                                     double v) {
   Twin__V1__Envelope *e = calloc(1, sizeof *e);
   twin__v1__envelope__init(e);
   Twin__V1__Telemetry *tm = calloc(1, sizeof *tm);
@@ -108,7 +109,8 @@ static void test_prefetch_reads_only_the_twin(void **state) {
   tw_twin_t *t = tw_twin_new("VIN-FULL", 64);
   const char *sources[] = {"telematics", "dealer-dms", "obd-dongle"};
   for (int i = 0; i < 30; i++) {
-    Twin__V1__Envelope *e = telemetry("VIN-FULL", sources[i % 3], (uint64_t)(i + 1), 1700000000000 + i, i * 10.0);
+    Twin__V1__Envelope *e =
+        telemetry("VIN-FULL", sources[i % 3], (uint64_t)(i + 1), 1700000000000 + i, i * 10.0);
     char err[256];
     assert_true(tw_envelope_validate(e, "VIN-FULL", 8, err, sizeof err));
     assert_int_equal(tw_reduce(t, e, NULL), TW_OUT_APPLIED);
@@ -116,11 +118,11 @@ static void test_prefetch_reads_only_the_twin(void **state) {
     free(e);
   }
   assert_int_equal(t->n_sources, 3);
-  assert_int_equal(t->n_metrics, 3);
+  assert_int_equal(t->tel->n_metrics, 3);
   uint64_t rev = t->rev;
   tw_twin_t *tw[] = {t, empty, NULL, t, empty, t};
   for (size_t i = 0; i < 6; i++) tw_twin_prefetch_ahead(tw, i, 6);
-  for (int stage = 0; stage < 3; stage++) {
+  for (int stage = 0; stage < 4; stage++) {
     tw_twin_prefetch(t, stage);
     tw_twin_prefetch(empty, stage);
     tw_twin_prefetch(NULL, stage);

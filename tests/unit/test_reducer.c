@@ -234,9 +234,9 @@ static void test_lww_tie_breaks_by_seq(void **state) {
   tw_twin_t *t = tw_twin_new("P3", 64);
   assert_int_equal(tel(t, "a", 2, 1000, 20), TW_OUT_APPLIED);
   assert_int_equal(tel(t, "a", 1, 1000, 10), TW_OUT_STALE); /* same time, lower seq */
-  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 20);
+  assert_true(t->tel->scalars[TW_F_ODOMETER_KM].value == 20);
   assert_int_equal(tel(t, "a", 3, 999, 5), TW_OUT_STALE); /* older time, higher seq */
-  assert_true(t->scalars[TW_F_ODOMETER_KM].value == 20);
+  assert_true(t->tel->scalars[TW_F_ODOMETER_KM].value == 20);
   assert_int_equal(t->rev, 3);
   assert_int_equal(t->counters.stale_fields, 2);
   tw_twin_destroy(t);

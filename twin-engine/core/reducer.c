@@ -84,27 +84,47 @@ tw_twin_t *tw_twin_new(const char *product_id, uint32_t seq_window) {
   return t;
 }
 
+/* The telemetry state of a twin without any: every value unset. */
+const tw_telemetry_t tw_telemetry_none;
+
+tw_telemetry_t *tw_twin_tel_mut(tw_twin_t *t) {
+  if (!t->tel) t->tel = tw_xcalloc(1, sizeof *t->tel);
+  return t->tel;
+}
+
+/* Every cache line of a block of n bytes at p, which malloc aligned to at
+ * least 16 bytes: n + 48 bytes from the start of p's line cover the block
+ * wherever it starts. n is a constant, so the loop unrolls. */
+static inline void prefetch_block(const void *p, size_t n) {
+  const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
+  for (size_t off = 0; off < n + 48; off += 64) __builtin_prefetch(line + off);
+}
+
 void tw_twin_prefetch(const tw_twin_t *t, int stage) {
   if (!t) return;
   switch (stage) {
-  case 0:
-    for (size_t off = 0; off < sizeof *t; off += 64) __builtin_prefetch((const char *)t + off);
-    break;
+  case 0: prefetch_block(t, sizeof *t); break;
   case 1:
     if (t->sources) __builtin_prefetch(t->sources);
-    if (t->metrics) __builtin_prefetch(t->metrics);
+    if (t->tel) prefetch_block(t->tel, sizeof *t->tel);
     if (t->alerts) __builtin_prefetch(t->alerts);
-    if (t->tire_pressure_kpa.v) __builtin_prefetch(t->tire_pressure_kpa.v);
-    if (t->brake_pad_mm.v) __builtin_prefetch(t->brake_pad_mm.v);
     if (t->n_timeline < t->cap_timeline) __builtin_prefetch(&t->timeline[t->n_timeline]);
     break;
-  default:
+  case 2:
     for (uint32_t i = 0; i < t->n_sources; i++) {
       __builtin_prefetch(t->sources[i].bits);
       __builtin_prefetch(t->sources[i].name); /* after the window's words: maybe the next line */
     }
-    for (uint32_t i = 0; i < t->n_metrics; i++) __builtin_prefetch(t->metrics[i].name);
     for (uint32_t i = 0; i < t->n_alerts; i++) __builtin_prefetch(t->alerts[i].rule);
+    if (t->tel) {
+      if (t->tel->metrics) __builtin_prefetch(t->tel->metrics);
+      if (t->tel->tire_pressure_kpa.v) __builtin_prefetch(t->tel->tire_pressure_kpa.v);
+      if (t->tel->brake_pad_mm.v) __builtin_prefetch(t->tel->brake_pad_mm.v);
+    }
+    break;
+  default:
+    if (t->tel)
+      for (uint32_t i = 0; i < t->tel->n_metrics; i++) __builtin_prefetch(t->tel->metrics[i].name);
     break;
   }
 }
@@ -147,13 +167,17 @@ void tw_twin_destroy(tw_twin_t *t) {
   if (!t) return;
   free(t->model);
   free(t->owner);
-  free(t->tire_pressure_kpa.v);
-  free(t->brake_pad_mm.v);
-  for (uint32_t i = 0; i < t->dtc_codes.n; i++) free(t->dtc_codes.s[i]);
-  free(t->dtc_codes.s);
-  free(t->firmware_version);
-  for (uint32_t i = 0; i < t->n_metrics; i++) free(t->metrics[i].name);
-  free(t->metrics);
+  tw_telemetry_t *tel = t->tel;
+  if (tel) {
+    free(tel->tire_pressure_kpa.v);
+    free(tel->brake_pad_mm.v);
+    for (uint32_t i = 0; i < tel->dtc_codes.n; i++) free(tel->dtc_codes.s[i]);
+    free(tel->dtc_codes.s);
+    free(tel->firmware_version);
+    for (uint32_t i = 0; i < tel->n_metrics; i++) free(tel->metrics[i].name);
+    free(tel->metrics);
+    free(tel);
+  }
   for (uint32_t i = 0; i < t->n_sources; i++) free(t->sources[i].bits); /* and the name in it */
   free(t->sources);
   for (uint32_t i = 0; i < t->n_timeline; i++) entry_cleanup(&t->timeline[i]);
@@ -276,8 +300,8 @@ static void put_scalar(tw_scalar_t *f, double v, tel_ctx_t *c, uint32_t sig) {
   c->applied++;
 }
 
-static void put_field(tw_twin_t *t, tw_scalar_field_t f, double v, tel_ctx_t *c) {
-  put_scalar(&t->scalars[f], v, c, TW_SIG_SCALAR(f));
+static void put_field(tw_telemetry_t *tel, tw_scalar_field_t f, double v, tel_ctx_t *c) {
+  put_scalar(&tel->scalars[f], v, c, TW_SIG_SCALAR(f));
 }
 
 static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c, uint32_t sig) {
@@ -355,23 +379,23 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
   c->applied++;
 }
 
-tw_metric_t *tw_twin_metric(tw_twin_t *t, const char *name) {
-  uint32_t lo = 0, hi = t->n_metrics;
+tw_metric_t *tw_telemetry_metric(tw_telemetry_t *tel, const char *name) {
+  uint32_t lo = 0, hi = tel->n_metrics;
   while (lo < hi) {
     uint32_t mid = (lo + hi) / 2;
-    int cmp = strcmp(t->metrics[mid].name, name);
-    if (cmp == 0) return &t->metrics[mid];
+    int cmp = strcmp(tel->metrics[mid].name, name);
+    if (cmp == 0) return &tel->metrics[mid];
     if (cmp < 0)
       lo = mid + 1;
     else
       hi = mid;
   }
-  t->metrics = tw_xrealloc(t->metrics, (t->n_metrics + 1) * sizeof *t->metrics);
-  memmove(&t->metrics[lo + 1], &t->metrics[lo], (t->n_metrics - lo) * sizeof *t->metrics);
-  t->n_metrics++;
-  memset(&t->metrics[lo], 0, sizeof t->metrics[lo]);
-  t->metrics[lo].name = tw_xstrdup(name);
-  return &t->metrics[lo];
+  tel->metrics = tw_xrealloc(tel->metrics, (tel->n_metrics + 1) * sizeof *tel->metrics);
+  memmove(&tel->metrics[lo + 1], &tel->metrics[lo], (tel->n_metrics - lo) * sizeof *tel->metrics);
+  tel->n_metrics++;
+  memset(&tel->metrics[lo], 0, sizeof tel->metrics[lo]);
+  tel->metrics[lo].name = tw_xstrdup(name);
+  return &tel->metrics[lo];
 }
 
 static void trend_add(tw_trend_t *tr, int64_t at, double soh) {
@@ -419,49 +443,69 @@ static void wear_add(tw_wear_t *w, int64_t at, const double *pads, size_t n, boo
 
 #define TEL_HAS(tm, f) ((tm)->_##f##_case != 0)
 
-static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env) {
-  const Twin__V1__Telemetry *tm = env->telemetry;
-  tel_ctx_t c = {.at = env->event_time_ms, .seq = env->seq};
+/* True when the event carries a value: only then does it change the
+ * telemetry state (an event with none is accepted and counted). */
+static bool tel_has_value(const Twin__V1__Telemetry *tm) {
+  return TEL_HAS(tm, odometer_km) || TEL_HAS(tm, speed_kph) || TEL_HAS(tm, battery_soc_pct) ||
+         TEL_HAS(tm, battery_soh_pct) || TEL_HAS(tm, battery_temp_c) || TEL_HAS(tm, latitude) ||
+         TEL_HAS(tm, longitude) || TEL_HAS(tm, fuel_level_pct) || TEL_HAS(tm, aux_battery_v) ||
+         TEL_HAS(tm, ambient_temp_c) || TEL_HAS(tm, range_km) || tm->n_tire_pressure_kpa ||
+         tm->n_brake_pad_mm || tm->n_dtc_codes || tm->dtc_codes_reported || TEL_HAS(tm, firmware_version) ||
+         tm->n_metrics;
+}
 
-  if (TEL_HAS(tm, odometer_km)) put_field(t, TW_F_ODOMETER_KM, tm->odometer_km, &c);
-  if (TEL_HAS(tm, speed_kph)) put_field(t, TW_F_SPEED_KPH, tm->speed_kph, &c);
-  if (TEL_HAS(tm, battery_soc_pct)) put_field(t, TW_F_BATTERY_SOC_PCT, tm->battery_soc_pct, &c);
+/* Applies the event's values to the twin's telemetry state. */
+static void tel_apply(tw_telemetry_t *tel, const Twin__V1__Envelope *env, tel_ctx_t *c) {
+  const Twin__V1__Telemetry *tm = env->telemetry;
+
+  if (TEL_HAS(tm, odometer_km)) put_field(tel, TW_F_ODOMETER_KM, tm->odometer_km, c);
+  if (TEL_HAS(tm, speed_kph)) put_field(tel, TW_F_SPEED_KPH, tm->speed_kph, c);
+  if (TEL_HAS(tm, battery_soc_pct)) put_field(tel, TW_F_BATTERY_SOC_PCT, tm->battery_soc_pct, c);
   if (TEL_HAS(tm, battery_soh_pct)) {
-    put_field(t, TW_F_BATTERY_SOH_PCT, tm->battery_soh_pct, &c);
-    trend_add(&t->soh_trend, env->event_time_ms, tm->battery_soh_pct);
+    put_field(tel, TW_F_BATTERY_SOH_PCT, tm->battery_soh_pct, c);
+    trend_add(&tel->soh_trend, env->event_time_ms, tm->battery_soh_pct);
   }
-  if (TEL_HAS(tm, battery_temp_c)) put_field(t, TW_F_BATTERY_TEMP_C, tm->battery_temp_c, &c);
-  if (TEL_HAS(tm, latitude)) put_field(t, TW_F_LATITUDE, tm->latitude, &c);
-  if (TEL_HAS(tm, longitude)) put_field(t, TW_F_LONGITUDE, tm->longitude, &c);
-  if (TEL_HAS(tm, fuel_level_pct)) put_field(t, TW_F_FUEL_LEVEL_PCT, tm->fuel_level_pct, &c);
-  if (TEL_HAS(tm, aux_battery_v)) put_field(t, TW_F_AUX_BATTERY_V, tm->aux_battery_v, &c);
-  if (TEL_HAS(tm, ambient_temp_c)) put_field(t, TW_F_AMBIENT_TEMP_C, tm->ambient_temp_c, &c);
-  if (TEL_HAS(tm, range_km)) put_field(t, TW_F_RANGE_KM, tm->range_km, &c);
+  if (TEL_HAS(tm, battery_temp_c)) put_field(tel, TW_F_BATTERY_TEMP_C, tm->battery_temp_c, c);
+  if (TEL_HAS(tm, latitude)) put_field(tel, TW_F_LATITUDE, tm->latitude, c);
+  if (TEL_HAS(tm, longitude)) put_field(tel, TW_F_LONGITUDE, tm->longitude, c);
+  if (TEL_HAS(tm, fuel_level_pct)) put_field(tel, TW_F_FUEL_LEVEL_PCT, tm->fuel_level_pct, c);
+  if (TEL_HAS(tm, aux_battery_v)) put_field(tel, TW_F_AUX_BATTERY_V, tm->aux_battery_v, c);
+  if (TEL_HAS(tm, ambient_temp_c)) put_field(tel, TW_F_AMBIENT_TEMP_C, tm->ambient_temp_c, c);
+  if (TEL_HAS(tm, range_km)) put_field(tel, TW_F_RANGE_KM, tm->range_km, c);
   if (tm->n_tire_pressure_kpa)
-    put_vec(&t->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, &c, TW_SIG_TIRES);
+    put_vec(&tel->tire_pressure_kpa, tm->tire_pressure_kpa, tm->n_tire_pressure_kpa, c, TW_SIG_TIRES);
   if (tm->n_brake_pad_mm) {
-    put_vec(&t->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, &c, TW_SIG_PADS);
-    wear_add(&t->brake_wear, env->event_time_ms, tm->brake_pad_mm, tm->n_brake_pad_mm,
+    put_vec(&tel->brake_pad_mm, tm->brake_pad_mm, tm->n_brake_pad_mm, c, TW_SIG_PADS);
+    wear_add(&tel->brake_wear, env->event_time_ms, tm->brake_pad_mm, tm->n_brake_pad_mm,
              TEL_HAS(tm, odometer_km), tm->odometer_km);
-    c.changed |= TW_SIG_WEAR; /* also when the pads are stale: the fit takes every sample */
+    c->changed |= TW_SIG_WEAR; /* also when the pads are stale: the fit takes every sample */
   }
-  if (tm->n_dtc_codes || tm->dtc_codes_reported) put_dtcs(&t->dtc_codes, tm->dtc_codes, tm->n_dtc_codes, &c);
+  if (tm->n_dtc_codes || tm->dtc_codes_reported) put_dtcs(&tel->dtc_codes, tm->dtc_codes, tm->n_dtc_codes, c);
   if (TEL_HAS(tm, firmware_version)) {
-    if (newer(&t->firmware_st, c.at, c.seq)) {
-      if (!t->firmware_version || strcmp(t->firmware_version, tm->firmware_version) != 0) {
-        free(t->firmware_version);
-        t->firmware_version = tw_xstrdup(tm->firmware_version);
+    if (newer(&tel->firmware_st, c->at, c->seq)) {
+      if (!tel->firmware_version || strcmp(tel->firmware_version, tm->firmware_version) != 0) {
+        free(tel->firmware_version);
+        tel->firmware_version = tw_xstrdup(tm->firmware_version);
       }
-      stamp(&t->firmware_st, c.at, c.seq);
-      c.applied++;
+      stamp(&tel->firmware_st, c->at, c->seq);
+      c->applied++;
     } else {
-      c.stale++;
+      c->stale++;
     }
   }
   for (size_t i = 0; i < tm->n_metrics; i++) {
-    tw_metric_t *m = tw_twin_metric(t, tm->metrics[i]->key);
-    put_scalar(&m->val, tm->metrics[i]->value, &c, TW_SIG_METRICS);
+    tw_metric_t *m = tw_telemetry_metric(tel, tm->metrics[i]->key);
+    put_scalar(&m->val, tm->metrics[i]->value, c, TW_SIG_METRICS);
   }
+}
+
+static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env) {
+  tel_ctx_t c = {.at = env->event_time_ms, .seq = env->seq};
+  /* A twin without a telemetry block has no value set, so an event with a
+   * value sets one: the block is made then, never for an empty event. */
+  tw_telemetry_t *tel = t->tel;
+  if (!tel && tel_has_value(env->telemetry)) tel = tw_twin_tel_mut(t);
+  if (tel) tel_apply(tel, env, &c);
   t->rule_inputs |= c.changed;
 
   t->counters.telemetry++;

@@ -110,8 +110,8 @@ static bool vec_extreme(const tw_vec_t *v, bool max, double *out) {
   return true;
 }
 
-/* Looks a metric up without inserting it (tw_twin_metric inserts). */
-static const tw_metric_t *metric_find(const tw_twin_t *t, const char *name) {
+/* Looks a metric up without inserting it (tw_telemetry_metric inserts). */
+static const tw_metric_t *metric_find(const tw_telemetry_t *t, const char *name) {
   uint32_t lo = 0, hi = t->n_metrics;
   while (lo < hi) {
     uint32_t mid = (lo + hi) / 2;
@@ -126,7 +126,7 @@ static const tw_metric_t *metric_find(const tw_twin_t *t, const char *name) {
 }
 
 bool tw_wear_predict(const tw_twin_t *t, double limit_mm, int64_t *at_ms, double *at_km) {
-  const tw_wear_t *w = &t->brake_wear;
+  const tw_wear_t *w = &tw_twin_tel(t)->brake_wear;
   double n = (double)w->n;
   if (w->n < WEAR_MIN_SAMPLES) return false;
   /* A brake service after these pads' first sample, and no sample since:
@@ -419,35 +419,36 @@ struct tw_rules {
 };
 
 static bool signal_value(const rule_t *r, int sig, const char *metric, const tw_twin_t *t, double *v) {
+  const tw_telemetry_t *tel = tw_twin_tel(t);
   if (sig < TW_F_SCALAR_COUNT) {
-    if (!tw_stamp_set(&t->scalars[sig].st)) return false;
-    *v = t->scalars[sig].value;
+    if (!tw_stamp_set(&tel->scalars[sig].st)) return false;
+    *v = tel->scalars[sig].value;
     return true;
   }
   switch ((signal_t)sig) {
-  case S_PAD_MIN: return vec_extreme(&t->brake_pad_mm, false, v);
-  case S_PAD_MAX: return vec_extreme(&t->brake_pad_mm, true, v);
-  case S_TIRE_MIN: return vec_extreme(&t->tire_pressure_kpa, false, v);
-  case S_TIRE_MAX: return vec_extreme(&t->tire_pressure_kpa, true, v);
+  case S_PAD_MIN: return vec_extreme(&tel->brake_pad_mm, false, v);
+  case S_PAD_MAX: return vec_extreme(&tel->brake_pad_mm, true, v);
+  case S_TIRE_MIN: return vec_extreme(&tel->tire_pressure_kpa, false, v);
+  case S_TIRE_MAX: return vec_extreme(&tel->tire_pressure_kpa, true, v);
   case S_METRIC: {
-    const tw_metric_t *m = metric_find(t, metric);
+    const tw_metric_t *m = metric_find(tel, metric);
     if (!m || !tw_stamp_set(&m->val.st)) return false;
     *v = m->val.value;
     return true;
   }
   case S_DTC_COUNT:
-    if (!tw_stamp_set(&t->dtc_codes.st)) return false;
-    *v = t->dtc_codes.n;
+    if (!tw_stamp_set(&tel->dtc_codes.st)) return false;
+    *v = tel->dtc_codes.n;
     return true;
   case S_RECALLS_OPEN: *v = t->n_open_recalls; return true;
   case S_SVC_KM: {
     int64_t at;
     bool has;
     double odo;
-    if (!service_base(t, &at, &has, &odo) || !has || !tw_stamp_set(&t->scalars[TW_F_ODOMETER_KM].st))
+    if (!service_base(t, &at, &has, &odo) || !has || !tw_stamp_set(&tel->scalars[TW_F_ODOMETER_KM].st))
       return false;
     /* A reading older than the visit's own is no distance driven since. */
-    *v = fmax(0.0, t->scalars[TW_F_ODOMETER_KM].value - odo);
+    *v = fmax(0.0, tel->scalars[TW_F_ODOMETER_KM].value - odo);
     return true;
   }
   case S_SVC_DAYS: {
@@ -792,7 +793,9 @@ static void placeholder(const msg_ctx_t *c, const tpl_part_t *part, char *out, s
       snprintf(out, cap, "?");
     break;
   case PH_PREDICTED_KM: tw_fmt_num(c->has_pred ? round(c->pred_km) : NAN, out, cap); break;
-  case PH_DTC_CODES: join(out, cap, c->t->dtc_codes.s, c->t->dtc_codes.n, "none"); break;
+  case PH_DTC_CODES:
+    join(out, cap, tw_twin_tel(c->t)->dtc_codes.s, tw_twin_tel(c->t)->dtc_codes.n, "none");
+    break;
   default: join(out, cap, c->t->open_recalls, c->t->n_open_recalls, "none"); break;
   }
 }

@@ -53,7 +53,7 @@ static void put_strings(bson_t *d, const char *k, char *const *v, uint32_t n) {
   bson_append_array_end(d, &a);
 }
 
-static void put_telemetry(bson_t *doc, const tw_twin_t *t) {
+static void put_telemetry(bson_t *doc, const tw_telemetry_t *t) {
   bson_t tel, f;
   BSON_APPEND_DOCUMENT_BEGIN(doc, "telemetry", &tel);
   for (int i = 0; i < TW_F_SCALAR_COUNT; i++) {
@@ -225,19 +225,20 @@ void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
   BSON_APPEND_INT64(doc, "rev", (int64_t)t->rev);
   BSON_APPEND_INT64(doc, "seen", (int64_t)t->seen);
   BSON_APPEND_BOOL(doc, "quality_hold", t->quality_hold);
-  put_telemetry(doc, t);
+  const tw_telemetry_t *tel = tw_twin_tel(t);
+  put_telemetry(doc, tel);
 
   /* Derived values users filter and sort on. */
-  put_strings(doc, "active_dtcs", t->dtc_codes.s, t->dtc_codes.n);
-  if (t->brake_pad_mm.n) {
-    double m = t->brake_pad_mm.v[0];
-    for (uint32_t i = 1; i < t->brake_pad_mm.n; i++)
-      if (t->brake_pad_mm.v[i] < m) m = t->brake_pad_mm.v[i];
+  put_strings(doc, "active_dtcs", tel->dtc_codes.s, tel->dtc_codes.n);
+  if (tel->brake_pad_mm.n) {
+    double m = tel->brake_pad_mm.v[0];
+    for (uint32_t i = 1; i < tel->brake_pad_mm.n; i++)
+      if (tel->brake_pad_mm.v[i] < m) m = tel->brake_pad_mm.v[i];
     BSON_APPEND_DOUBLE(doc, "min_brake_pad_mm", m);
   } else {
     BSON_APPEND_NULL(doc, "min_brake_pad_mm");
   }
-  const tw_scalar_t *odo = &t->scalars[TW_F_ODOMETER_KM];
+  const tw_scalar_t *odo = &tel->scalars[TW_F_ODOMETER_KM];
   if (tw_stamp_set(&odo->st) && t->last_service.set && t->last_service.has_odometer)
     BSON_APPEND_DOUBLE(doc, "odometer_since_service_km", odo->value - t->last_service.odometer_km);
   else if (tw_stamp_set(&odo->st) && !t->last_service.set)
@@ -246,22 +247,22 @@ void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
     BSON_APPEND_NULL(doc, "odometer_since_service_km");
 
   BSON_APPEND_DOCUMENT_BEGIN(doc, "battery_health", &d);
-  const tw_scalar_t *soh = &t->scalars[TW_F_BATTERY_SOH_PCT];
+  const tw_scalar_t *soh = &tel->scalars[TW_F_BATTERY_SOH_PCT];
   if (tw_stamp_set(&soh->st))
     BSON_APPEND_DOUBLE(&d, "soh_pct", soh->value);
   else
     BSON_APPEND_NULL(&d, "soh_pct");
   double slope;
-  if (trend_slope(&t->soh_trend, &slope))
+  if (trend_slope(&tel->soh_trend, &slope))
     BSON_APPEND_DOUBLE(&d, "trend_pct_per_year", slope);
   else
     BSON_APPEND_NULL(&d, "trend_pct_per_year");
-  BSON_APPEND_INT64(&d, "samples", (int64_t)t->soh_trend.n);
-  BSON_APPEND_INT64(&d, "t0_ms", t->soh_trend.t0_ms);
-  BSON_APPEND_DOUBLE(&d, "sum_t", t->soh_trend.st);
-  BSON_APPEND_DOUBLE(&d, "sum_y", t->soh_trend.sy);
-  BSON_APPEND_DOUBLE(&d, "sum_tt", t->soh_trend.stt);
-  BSON_APPEND_DOUBLE(&d, "sum_ty", t->soh_trend.sty);
+  BSON_APPEND_INT64(&d, "samples", (int64_t)tel->soh_trend.n);
+  BSON_APPEND_INT64(&d, "t0_ms", tel->soh_trend.t0_ms);
+  BSON_APPEND_DOUBLE(&d, "sum_t", tel->soh_trend.st);
+  BSON_APPEND_DOUBLE(&d, "sum_y", tel->soh_trend.sy);
+  BSON_APPEND_DOUBLE(&d, "sum_tt", tel->soh_trend.stt);
+  BSON_APPEND_DOUBLE(&d, "sum_ty", tel->soh_trend.sty);
   bson_append_document_end(doc, &d);
 
   BSON_APPEND_ARRAY_BEGIN(doc, "timeline", &a);
@@ -289,7 +290,7 @@ void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
     BSON_APPEND_INT64(doc, "last_brake_service_ms", t->last_brake_service_ms);
   else
     BSON_APPEND_NULL(doc, "last_brake_service_ms");
-  put_wear(doc, &t->brake_wear);
+  put_wear(doc, &tel->brake_wear);
   if (t->delivered) {
     BSON_APPEND_DOCUMENT_BEGIN(doc, "delivered", &d);
     BSON_APPEND_INT64(&d, "at_ms", t->delivered_ms);
@@ -424,7 +425,9 @@ static char **read_strings(const bson_iter_t *arr, uint32_t *n) {
   return v;
 }
 
-static void read_telemetry(tw_twin_t *t, const bson_iter_t *tel) {
+/* The twin gets its telemetry block at the first field read: a document
+ * with none (the twin had no telemetry) leaves it without. */
+static void read_telemetry(tw_twin_t *tw, const bson_iter_t *tel) {
   bson_iter_t in, v;
   if (!bson_iter_recurse(tel, &in)) return;
   while (bson_iter_next(&in)) {
@@ -432,26 +435,30 @@ static void read_telemetry(tw_twin_t *t, const bson_iter_t *tel) {
     bool done = false;
     for (int i = 0; i < TW_F_SCALAR_COUNT && !done; i++) {
       if (strcmp(k, tw_scalar_field_name((tw_scalar_field_t)i)) != 0) continue;
+      tw_telemetry_t *t = tw_twin_tel_mut(tw);
       if (sub_find(&in, "value", &v)) t->scalars[i].value = it_dbl(&v);
       read_stamp_from(&in, &t->scalars[i].st);
       done = true;
     }
     if (done) continue;
     if (strcmp(k, "tire_pressure_kpa") == 0 || strcmp(k, "brake_pad_mm") == 0) {
+      tw_telemetry_t *t = tw_twin_tel_mut(tw);
       tw_vec_t *vec = k[0] == 't' ? &t->tire_pressure_kpa : &t->brake_pad_mm;
       if (sub_find(&in, "value", &v)) vec->v = read_doubles(&v, &vec->n);
       read_stamp_from(&in, &vec->st);
     } else if (strcmp(k, "dtc_codes") == 0) {
+      tw_telemetry_t *t = tw_twin_tel_mut(tw);
       if (sub_find(&in, "value", &v)) t->dtc_codes.s = read_strings(&v, &t->dtc_codes.n);
       read_stamp_from(&in, &t->dtc_codes.st);
     } else if (strcmp(k, "firmware_version") == 0) {
+      tw_telemetry_t *t = tw_twin_tel_mut(tw);
       if (sub_find(&in, "value", &v)) t->firmware_version = it_str(&v);
       read_stamp_from(&in, &t->firmware_st);
     } else if (strcmp(k, "metrics") == 0) {
       bson_iter_t m;
       if (!bson_iter_recurse(&in, &m)) continue;
       while (bson_iter_next(&m)) {
-        tw_metric_t *mt = tw_twin_metric(t, bson_iter_key(&m));
+        tw_metric_t *mt = tw_telemetry_metric(tw_twin_tel_mut(tw), bson_iter_key(&m));
         if (sub_find(&m, "value", &v)) mt->val.value = it_dbl(&v);
         read_stamp_from(&m, &mt->val.st);
       }
@@ -580,8 +587,41 @@ static void read_source(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
   free(name);
 }
 
-static void read_wear(tw_wear_t *w, const bson_iter_t *it) {
+/* The battery trend and the wear fit are in every snapshot, all zero in a
+ * twin without telemetry: they are read into a copy that goes into the
+ * telemetry block when the twin has one or they are not all zero bits. */
+static bool zero_bits(const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++)
+    if (b[i]) return false;
+  return true;
+}
+
+static void read_trend(tw_twin_t *t, const bson_iter_t *it) {
   bson_iter_t in;
+  tw_trend_t tr = tw_twin_tel(t)->soh_trend;
+  if (!bson_iter_recurse(it, &in)) return;
+  while (bson_iter_next(&in)) {
+    const char *b = bson_iter_key(&in);
+    if (strcmp(b, "samples") == 0)
+      tr.n = (uint64_t)it_i64(&in);
+    else if (strcmp(b, "t0_ms") == 0)
+      tr.t0_ms = it_i64(&in);
+    else if (strcmp(b, "sum_t") == 0)
+      tr.st = it_dbl(&in);
+    else if (strcmp(b, "sum_y") == 0)
+      tr.sy = it_dbl(&in);
+    else if (strcmp(b, "sum_tt") == 0)
+      tr.stt = it_dbl(&in);
+    else if (strcmp(b, "sum_ty") == 0)
+      tr.sty = it_dbl(&in);
+  }
+  if (t->tel || !zero_bits(&tr, sizeof tr)) tw_twin_tel_mut(t)->soh_trend = tr;
+}
+
+static void read_wear(tw_twin_t *t, const bson_iter_t *it) {
+  bson_iter_t in;
+  tw_wear_t wear = tw_twin_tel(t)->brake_wear, *w = &wear;
   if (!BSON_ITER_HOLDS_DOCUMENT(it) || !bson_iter_recurse(it, &in)) return;
   while (bson_iter_next(&in)) {
     const char *b = bson_iter_key(&in);
@@ -614,6 +654,7 @@ static void read_wear(tw_wear_t *w, const bson_iter_t *it) {
     else if (strcmp(b, "sum_yk") == 0)
       w->syk = it_dbl(&in);
   }
+  if (t->tel || !zero_bits(w, sizeof *w)) tw_twin_tel_mut(t)->brake_wear = *w;
 }
 
 static void read_alerts(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
@@ -700,23 +741,9 @@ tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, 
       t->quality_hold = BSON_ITER_HOLDS_BOOL(&it) && bson_iter_bool(&it);
     else if (strcmp(k, "telemetry") == 0)
       read_telemetry(t, &it);
-    else if (strcmp(k, "battery_health") == 0 && bson_iter_recurse(&it, &in)) {
-      while (bson_iter_next(&in)) {
-        const char *b = bson_iter_key(&in);
-        if (strcmp(b, "samples") == 0)
-          t->soh_trend.n = (uint64_t)it_i64(&in);
-        else if (strcmp(b, "t0_ms") == 0)
-          t->soh_trend.t0_ms = it_i64(&in);
-        else if (strcmp(b, "sum_t") == 0)
-          t->soh_trend.st = it_dbl(&in);
-        else if (strcmp(b, "sum_y") == 0)
-          t->soh_trend.sy = it_dbl(&in);
-        else if (strcmp(b, "sum_tt") == 0)
-          t->soh_trend.stt = it_dbl(&in);
-        else if (strcmp(b, "sum_ty") == 0)
-          t->soh_trend.sty = it_dbl(&in);
-      }
-    } else if (strcmp(k, "timeline") == 0 && bson_iter_recurse(&it, &in)) {
+    else if (strcmp(k, "battery_health") == 0)
+      read_trend(t, &it);
+    else if (strcmp(k, "timeline") == 0 && bson_iter_recurse(&it, &in)) {
       while (bson_iter_next(&in)) read_entry(t, &in);
     } else if (strcmp(k, "open_recalls") == 0) {
       t->open_recalls = read_strings(&it, &t->n_open_recalls);
@@ -738,7 +765,7 @@ tw_twin_t *tw_twin_from_bson(const bson_t *doc, uint32_t seq_window, char *err, 
     } else if (strcmp(k, "last_brake_service_ms") == 0)
       t->last_brake_service_ms = it_i64(&it);
     else if (strcmp(k, "brake_wear") == 0)
-      read_wear(&t->brake_wear, &it);
+      read_wear(t, &it);
     else if (strcmp(k, "delivered") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it) && bson_iter_recurse(&it, &in)) {
       t->delivered = true;
       while (bson_iter_next(&in)) {

@@ -6,7 +6,7 @@
 
 /* Finds or inserts (sorted) a source / metric / new timeline entry. */
 tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window);
-tw_metric_t *tw_twin_metric(tw_twin_t *t, const char *name);
+tw_metric_t *tw_telemetry_metric(tw_telemetry_t *tel, const char *name);
 tw_entry_t *tw_twin_timeline_add(tw_twin_t *t);
 /* Copies every string and array e points to (borrowed, e.g. from a decoded
  * message or a BSON document) into one new allocation that e then owns. */
