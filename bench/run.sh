@@ -137,6 +137,14 @@ for le in sorted(k for k in c if k != float("inf")):
 print(">%g" % prev)' "$1" "$2"
 }
 
+# le_share LE NAME: the percentage of a histogram's samples at or below the bound LE.
+le_share() {
+  curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | awk -v le="$1" -v n="$2" '
+    $1 ~ "^"n"_bucket" && $1 ~ "le=\""le"\"" { a += $2 }
+    $1 ~ "^"n"_bucket" && $1 ~ "le=\"\\+Inf\"" { t += $2 }
+    END { if (t) printf "%.2f", 100 * a / t; else printf "n/a" }'
+}
+
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
@@ -357,6 +365,29 @@ phase_freshness() {
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
 }
 
+# Alert latency alone, on FerretDB: snapshots deferred (as in phase 2), so no
+# flush, which would time FerretDB, holds a shard up between consuming an
+# event and producing its alert.
+phase_alert_latency() {
+  local fr=bench.$RUN.alerts db="bench_${RUN}_alerts" sent
+  say "4/6 alert latency: $RATE events/s for $RATE_S s, snapshots deferred"
+  topics "$fr" 12
+  engine_start "$db" "bench-$RUN-alerts" "$fr.telemetry" "$fr.lifecycle" 2 \
+    --set snapshot.interval.ms=600000 --set snapshot.max.dirty=10000000
+  "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" --brokers "$BROKERS" \
+    --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
+  sent=$("$BIN/twin-bench-tool" count "$BROKERS" "$fr.telemetry" "$fr.lifecycle")
+  for _ in $(seq 1 100); do
+    [[ $(metric_sum twin_events_total 'outcome="consumed"') -ge $sent ]] && break
+    sleep 0.2
+  done
+  sleep 2
+  row "| alert latency at $(num "$RATE") events/s offered, snapshots deferred: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s; $(le_share 0.05 twin_alert_delay_seconds) % within 50 ms | $(num "$(metric_sum twin_alert_delay_seconds_count)") alerts; $(num "$sent") events sent in $RATE_S s, $(num "$(metric_sum twin_events_total 'outcome="consumed"')") consumed; 2 shards; twin-sim --rate $RATE --duration $RATE_S |"
+  json "{\"bench\":\"alert_latency\",\"rate\":$RATE,\"seconds\":$RATE_S,\"sent\":$sent,\"alerts\":$(metric_sum twin_alert_delay_seconds_count),\"p50_s\":\"$(quantile 0.5 twin_alert_delay_seconds)\",\"p99_s\":\"$(quantile 0.99 twin_alert_delay_seconds)\",\"within_50ms_pct\":\"$(le_share 0.05 twin_alert_delay_seconds)\"}"
+  engine_stop KILL
+  "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
+}
+
 # ---- 6. the Kafka Streams peer on the phase-2 stream -------------------------------------
 phase_peer() {
   preload_e2e
@@ -403,6 +434,7 @@ phase memory phase_memory
 phase e2e phase_e2e
 phase memory phase_engine_memory
 if [[ $SERVER == ferretdb && -z ${BENCH_FORCE_FERRETDB:-} ]]; then
+  phase freshness phase_alert_latency
   for p in freshness recovery; do
     skip "$p" || row "| $p | not measured: the database is FerretDB, which scans its whole collection on every write and lazy load (BENCH_FORCE_FERRETDB=1 runs it anyway) | needs a real MongoDB: TWIN_MONGO_URI=mongodb://... bench/run.sh |"
   done
