@@ -141,8 +141,9 @@ static void test_ferretdb_kill_and_stall(void **state) {
   assert_true(chunks1 > chunks0); /* the engine really went through the proxy */
   assert_true(ck1 > ck0);         /* slow, not stopped */
 
-  /* Bounded: librdkafka's prefetch (queued.max.messages.kbytes, 16 MiB per
-   * partition at most) and the twins; nothing grows with the outage. */
+  /* Bounded: librdkafka's prefetch (queued.min.messages and
+   * queued.max.messages.kbytes per shard, paused partitions hold none) and
+   * the twins; nothing grows with the outage. */
   assert_true(rss1 < rss0 + 256 * 1024);
   assert_true(rss2 < rss0 + 256 * 1024);
   assert_true(rss3 < rss0 + 256 * 1024);
