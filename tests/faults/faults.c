@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,7 +48,23 @@ static FILE *summary_file(void) {
   return fopen(path && *path ? path : "faults-summary.tsv", "a");
 }
 
+/* A scenario starts on a whole stack: one that failed while Kafka or
+ * FerretDB was down (killed, stopped) must not fail every scenario after it.
+ * stack.sh up starts only what is not running. */
+static void stack_up(void) {
+  const char *src = getenv("TWIN_SOURCE_DIR");
+  char cmd[1024];
+  mkdir("/tmp/twin-it", 0755);
+  snprintf(cmd, sizeof cmd, "bash '%s/deploy/local/stack.sh' up >> /tmp/twin-it/fault-stack.log 2>&1",
+           src && *src ? src : ".");
+  if (system(cmd) != 0) fprintf(stderr, "[fault] stack.sh up failed: see /tmp/twin-it/fault-stack.log\n");
+}
+
 void f_begin(f_run_t *r, const char *name) {
+  /* The scenarios kill servers that the proxy and the checks write to: a
+   * write to a dead peer is an error to handle, not the end of the test. */
+  signal(SIGPIPE, SIG_IGN);
+  stack_up();
   memset(r, 0, sizeof *r);
   snprintf(r->name, sizeof r->name, "%s", name);
   r->t0_ms = f_now_ms();
@@ -209,7 +227,7 @@ bool f_http_get(int port, const char *path, char *buf, size_t cap) {
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   char req[512];
   int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-  bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, req, (size_t)n) == n;
+  bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n;
   size_t len = 0;
   ssize_t got;
   while (ok && len + 1 < cap && (got = read(fd, buf + len, cap - 1 - len)) > 0) len += (size_t)got;
@@ -366,7 +384,7 @@ static void *proxy_writer(void *arg) {
     if (wait > 0) f_msleep((int)wait);
     size_t off = 0;
     while (off < k->len) {
-      ssize_t w = write(to, k->data + off, k->len - off);
+      ssize_t w = send(to, k->data + off, k->len - off, MSG_NOSIGNAL);
       if (w <= 0) break;
       off += (size_t)w;
     }
