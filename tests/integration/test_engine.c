@@ -278,6 +278,37 @@ static void test_refuses_bad_setup(void **state) {
   assert_int_equal(system(cmd), 0);
 }
 
+/* Kafka prefetch limits: the engine's defaults split 500,000 messages and
+ * 128 MiB between the shards (never below 100,000 / 16 MiB each), a
+ * kafka.* setting wins, and the log says which is in effect. */
+static void test_prefetch_limits(void **state) {
+  (void)state;
+  h_scenario_t s;
+  h_scenario_init(&s, "prefetch", 4);
+  static const struct {
+    int shards;
+    const char *set, *line;
+  } cases[] = {
+      {1, NULL,
+       "queued.min.messages=500000 (engine default), queued.max.messages.kbytes=131072 (engine default)"},
+      {2, NULL,
+       "queued.min.messages=250000 (engine default), queued.max.messages.kbytes=65536 (engine default)"},
+      {16, NULL,
+       "queued.min.messages=100000 (engine default), queued.max.messages.kbytes=16384 (engine default)"},
+      {2, "kafka.queued.min.messages=20000",
+       "queued.min.messages=20000 (config), queued.max.messages.kbytes=65536 (engine default)"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const char *extra[] = {cases[i].set, NULL};
+    pid_t e = h_engine_start(&s, cases[i].shards, cases[i].set ? extra : NULL);
+    if (!h_wait_engine_log(cases[i].line, 60))
+      fail_msg("shards=%d %s: no log line \"%s\"", cases[i].shards, cases[i].set ? cases[i].set : "",
+               cases[i].line);
+    assert_int_equal(h_engine_stop(e, SIGTERM), 0);
+  }
+  h_scenario_cleanup(&s);
+}
+
 int main(void) {
   const char *seed = getenv("TWIN_TEST_SEED");
   g_seed = seed ? (unsigned)atoi(seed) : (unsigned)time(NULL);
@@ -289,7 +320,7 @@ int main(void) {
       cmocka_unit_test(test_refuses_bad_setup),   cmocka_unit_test(test_exact_state),
       cmocka_unit_test(test_garbage_to_dlq),      cmocka_unit_test(test_crash_kill9),
       cmocka_unit_test(test_determinism_restart), cmocka_unit_test(test_rebalance),
-      cmocka_unit_test(test_mongo_outage),
+      cmocka_unit_test(test_mongo_outage),        cmocka_unit_test(test_prefetch_limits),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mongoc_cleanup();

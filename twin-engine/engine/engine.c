@@ -1384,6 +1384,20 @@ int tw_engine_run(const tw_config_t *cfg) {
     goto out_producer;
   }
   rd_kafka_poll_set_consumer(e.consumer);
+  {
+    /* The limits in effect, read back from the consumer: they decide how
+     * fast a shard catches up and how much memory that takes. */
+    char qmin[32] = "?", qkb[32] = "?";
+    size_t n1 = sizeof qmin, n2 = sizeof qkb;
+    const rd_kafka_conf_t *ec = rd_kafka_conf(e.consumer);
+    rd_kafka_conf_get(ec, "queued.min.messages", qmin, &n1);
+    rd_kafka_conf_get(ec, "queued.max.messages.kbytes", qkb, &n2);
+    bool set_min = tw_config_kafka(cfg, "queued.min.messages"),
+         set_kb = tw_config_kafka(cfg, "queued.max.messages.kbytes");
+    TW_INFO("engine",
+            "Kafka prefetch per shard: queued.min.messages=%s (%s), queued.max.messages.kbytes=%s (%s)", qmin,
+            set_min ? "config" : "engine default", qkb, set_kb ? "config" : "engine default");
+  }
   if (!check_topics(&e)) goto out_consumer;
 
   e.processed = tw_xcalloc((size_t)e.n_partitions * 2, sizeof *e.processed);
