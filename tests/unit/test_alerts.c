@@ -388,9 +388,10 @@ static void ref_num(double v, char *buf, size_t cap) {
 
 static void test_fmt_num(void **state) {
   (void)state;
-  static const double fixed[] = {0,     -0.0,      0.005, 0.015, 0.125,    1.005,  -1.005,
-                                 2.675, 1e9 + 0.5, 1e15,  1e300, -1e-9,    0.0049, 99.995,
-                                 12.34, -7.1,      3.0,   NAN,   INFINITY, -2.5e-3};
+  static const double fixed[] = {0,        -0.0,    0.005,     0.015, 0.125, 1.005,
+                                 -1.005,   2.675,   1e9 + 0.5, 1e15,  1e300, -1e-9,
+                                 0.0049,   99.995,  12.34,     -7.1,  3.0,   NAN,
+                                 INFINITY, -2.5e-3, -1e-10,    1e-10, -42.0, 999999999999999.0};
   char a[64], b[64];
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
     tw_fmt_num(fixed[i], a, sizeof a);
@@ -401,10 +402,13 @@ static void test_fmt_num(void **state) {
   for (int i = 0; i < 2000000; i++) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     double v;
-    switch (i % 4) {
+    switch (i % 5) {
     case 0: v = (double)(int64_t)(x % 2000000001ULL - 1000000000) / 1000.0; break; /* 3 decimals */
     case 1: v = (double)(int64_t)(x % 200001ULL - 100000) / 200.0; break;          /* exact halves of cents */
     case 2: v = ((double)(x >> 11) / 9007199254740992.0 - 0.5) * 2e6; break;
+    case 3:
+      v = (double)(int64_t)(x % 20000000001ULL - 10000000000) + (double)(x % 7) * 1e-10;
+      break;                                  /* near integers */
     default: memcpy(&v, &x, sizeof v); break; /* any bits */
     }
     tw_fmt_num(v, a, sizeof a);
@@ -629,6 +633,13 @@ static void skip_equivalence(const char *sim_args, size_t *raised, size_t *clear
     uint32_t l;
     memcpy(&l, pa.p + o, 4);
     Twin__V1__MaintenanceAlert *al = twin__v1__maintenance_alert__unpack(NULL, l, pa.p + o + 4);
+    /* alert_id is "product:rule:cycle", cycle counting from 1. */
+    const char *cyc = strrchr(al->alert_id, ':');
+    assert_non_null(cyc);
+    char want[700];
+    snprintf(want, sizeof want, "%s:%s:%lu", al->product_id, al->rule_id, strtoul(cyc + 1, NULL, 10));
+    if (strcmp(al->alert_id, want) != 0 || strtoul(cyc + 1, NULL, 10) < 1)
+      fail_msg("alert_id %s: want product:rule:cycle (%s)", al->alert_id, want);
     for (size_t k = 0; k < tw_rules_count(rules) && k < 64; k++) {
       if (strcmp(al->rule_id, tw_rules_id(rules, k)) != 0) continue;
       raised[k] += al->state == TWIN__V1__ALERT_STATE__RAISED;

@@ -310,7 +310,7 @@ static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c, uint32
     return;
   }
   if (!tw_stamp_set(&f->st) || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
-  f->v = tw_xrealloc(f->v, n * sizeof *v);
+  if (!f->v || f->n != n) f->v = tw_xrealloc(f->v, n * sizeof *v); /* most reports keep the wheel count */
   memcpy(f->v, v, n * sizeof *v);
   f->n = (uint32_t)n;
   stamp(&f->st, c->at, c->seq);

@@ -138,6 +138,22 @@ void tw_fmt_num(double v, char *buf, size_t cap) {
     return;
   }
   if (integral) {
+    /* Within 1e-9 of an integer below 1e15: %.0f prints that integer
+     * ("-0" for a negative value that rounds to zero). */
+    long long r = llround(v);
+    if (cap >= 32) {
+      char tmp[24];
+      size_t n = 0, o = 0;
+      unsigned long long a = r < 0 ? (unsigned long long)(-r) : (unsigned long long)r;
+      do {
+        tmp[n++] = (char)('0' + a % 10);
+        a /= 10;
+      } while (a);
+      if (signbit(v)) buf[o++] = '-';
+      while (n) buf[o++] = tmp[--n];
+      buf[o] = '\0';
+      return;
+    }
     snprintf(buf, cap, "%.0f", v);
     return;
   }
