@@ -435,12 +435,141 @@ static int teardown(void **state) {
   return 0;
 }
 
+/* ---- Strings: the fast path's shortcut ------------------------------------ *
+ *
+ * The fast decoder skips the UTF-8, control-character and length checks
+ * when every string is printable ASCII of at most TW_NAME_MAX bytes. Random
+ * strings from an alphabet of the edge cases (NUL, controls, DEL, '.', '$',
+ * multi-byte and broken UTF-8) at lengths around the limits, in every string
+ * field: the arena path must give protobuf-c's verdict and reason. */
+
+static uint64_t g_x = 0x9e3779b97f4a7c15ULL;
+static uint32_t rnd32(void) {
+  g_x ^= g_x << 13, g_x ^= g_x >> 7, g_x ^= g_x << 17;
+  return (uint32_t)(g_x >> 16);
+}
+
+static char *rnd_str(char *buf, size_t cap) {
+  static const char *const pieces[] = {"a",
+                                       "Z",
+                                       "0",
+                                       "-",
+                                       " ",
+                                       "~",
+                                       ".",
+                                       "$",
+                                       "\x7f",
+                                       "\x1f",
+                                       "\t",
+                                       "\x01",
+                                       "\xc3\xbc",
+                                       "\xe2\x82\xac",
+                                       "\xf0\x9f\x9a\x97",
+                                       "\xff",
+                                       "\xc0\xaf",
+                                       "\xed\xa0\x80",
+                                       "\x80",
+                                       "\0"};
+  static const size_t lens[] = {0, 1, 7, 8, 9, 17, 127, 128, 129, 256, 257, 300, 4096, 4097};
+  size_t want = lens[rnd32() % (sizeof lens / sizeof lens[0])] + (rnd32() % 4 == 0 ? rnd32() % 3 : 0);
+  if (want > cap - 1) want = cap - 1;
+  bool clean = rnd32() % 2; /* half the strings printable ASCII only */
+  size_t n = 0;
+  while (n < want) {
+    const char *pc = clean ? pieces[rnd32() % 6] : pieces[rnd32() % (sizeof pieces / sizeof pieces[0])];
+    size_t pl = pc[0] ? strlen(pc) : 1;
+    if (n + pl > want) pl = want - n;
+    memcpy(buf + n, pc, pl);
+    n += pl;
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
+/* protobuf-c packs C strings: a NUL inside is written by patching the bytes. */
+static void test_string_shortcut(void **state) {
+  (void)state;
+  static char b[24][4200];
+  int plain = 0, rejected = 0;
+  for (int i = 0; i < 20000; i++) {
+    int k = 0;
+    Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
+    Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
+    Twin__V1__LifecycleEvent lc = TWIN__V1__LIFECYCLE_EVENT__INIT;
+    Twin__V1__Telemetry__MetricsEntry me[2] = {TWIN__V1__TELEMETRY__METRICS_ENTRY__INIT,
+                                               TWIN__V1__TELEMETRY__METRICS_ENTRY__INIT};
+    Twin__V1__Telemetry__MetricsEntry *mp[2] = {&me[0], &me[1]};
+    Twin__V1__LifecycleEvent__AttributesEntry ae = TWIN__V1__LIFECYCLE_EVENT__ATTRIBUTES_ENTRY__INIT,
+                                              *ap = &ae;
+    char *codes[2], *parts[2];
+    /* Mostly valid identity, so the payload's strings get checked too. */
+    env.product_id = rnd32() % 4 ? "VIN-STR" : rnd_str(b[k++], sizeof b[0]);
+    env.source = rnd32() % 3 ? "tcu" : rnd_str(b[k++], sizeof b[0]);
+    env.seq = 1 + (uint64_t)i;
+    env.event_time_ms = T0;
+    if (rnd32() % 2) {
+      env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
+      env.telemetry = &tm;
+      tm.n_dtc_codes = rnd32() % 3;
+      for (size_t j = 0; j < tm.n_dtc_codes; j++)
+        codes[j] = rnd32() % 2 ? "P0420" : rnd_str(b[k++], sizeof b[0]);
+      tm.dtc_codes = codes;
+      if (rnd32() % 2) {
+        tm._firmware_version_case = TWIN__V1__TELEMETRY___FIRMWARE_VERSION_FIRMWARE_VERSION;
+        tm.firmware_version = rnd_str(b[k++], sizeof b[0]);
+      }
+      tm.n_metrics = rnd32() % 3;
+      for (size_t j = 0; j < tm.n_metrics; j++)
+        me[j].key = rnd32() % 2 ? (j ? "b" : "a") : rnd_str(b[k++], sizeof b[0]);
+      tm.metrics = mp;
+    } else {
+      env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE;
+      env.lifecycle = &lc;
+      lc.kind = TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT;
+      char **fields[] = {&lc.site,      &lc.actor,    &lc.detail, &lc.work_order,
+                         &lc.recall_id, &lc.owner_id, &lc.model};
+      for (size_t j = 0; j < 7; j++)
+        if (rnd32() % 3 == 0) *fields[j] = rnd_str(b[k++], sizeof b[0]);
+      lc.n_parts_replaced = rnd32() % 3;
+      for (size_t j = 0; j < lc.n_parts_replaced; j++) parts[j] = rnd_str(b[k++], sizeof b[0]);
+      lc.parts_replaced = parts;
+      if (rnd32() % 2) {
+        ae.key = rnd32() % 2 ? "shop" : rnd_str(b[k++], sizeof b[0]);
+        ae.value = rnd_str(b[k++], sizeof b[0]);
+        lc.n_attributes = 1;
+        lc.attributes = &ap;
+      }
+    }
+    assert_true(k <= 24);
+    msg_t m = pack(&env);
+    /* A NUL in the middle of one string, now and then: patched into the bytes. */
+    if (rnd32() % 8 == 0) {
+      uint8_t *x = memchr(m.b, 'a', m.len);
+      if (x) *x = 0;
+    }
+    bool ascii = true;
+    for (int j = 0; j < k; j++) {
+      size_t n = strlen(b[j]);
+      for (size_t q = 0; q < n; q++) ascii &= (unsigned char)b[j][q] >= 0x20 && (unsigned char)b[j][q] < 0x80;
+      ascii &= n <= TW_NAME_MAX;
+    }
+    plain += ascii;
+    /* gate() decodes both ways and asserts the same verdict and reason. */
+    tw_twin_t *t = tw_twin_new(env.product_id, 0);
+    if (gate(t, m, env.product_id, -1, NULL, NULL)) rejected++;
+    tw_twin_destroy(t);
+  }
+  print_message("%d envelopes: %d with printable-ASCII strings only, %d rejected\n", 20000, plain, rejected);
+  assert_true(plain > 2000 && rejected > 2000 && 20000 - rejected > 2000);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_oversized),     cmocka_unit_test(test_truncated),
-      cmocka_unit_test(test_deeply_nested), cmocka_unit_test(test_wrong_type),
-      cmocka_unit_test(test_product_ids),   cmocka_unit_test(test_event_times),
-      cmocka_unit_test(test_seq_wrap),      cmocka_unit_test(test_rejected_in_timeline),
+      cmocka_unit_test(test_oversized),       cmocka_unit_test(test_truncated),
+      cmocka_unit_test(test_deeply_nested),   cmocka_unit_test(test_wrong_type),
+      cmocka_unit_test(test_product_ids),     cmocka_unit_test(test_event_times),
+      cmocka_unit_test(test_seq_wrap),        cmocka_unit_test(test_rejected_in_timeline),
+      cmocka_unit_test(test_string_shortcut),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,6 +2,8 @@
  * anything else goes to protobuf-c (see decode.h). */
 #include "decode.h"
 
+#include "twin/twin.h"
+
 #include <string.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -75,13 +77,33 @@ static inline bool rd_double(rd_t *r, double *d) {
 typedef struct {
   tw_arena_t *a;
   bool nul;
+  bool plain; /* every string so far printable ASCII of at most TW_NAME_MAX bytes */
 } dec_t;
+
+/* True when the n bytes at p are all 0x20..0x7f. Eight at a time: a byte
+ * with the high bit set, or one below 0x20 (the borrow trick is exact for
+ * "any byte below n" with n <= 0x80). */
+static bool printable_ascii(const uint8_t *p, size_t n) {
+  const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
+  uint64_t bad = 0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    bad |= (w & high) | ((w - ones * 0x20) & ~w & high);
+  }
+  for (; i < n; i++) bad |= p[i] < 0x20 || p[i] >= 0x80;
+  return !bad;
+}
 
 static char *str(dec_t *d, const rd_t *s) {
   size_t n = (size_t)(s->end - s->p);
   char *c = tw_arena_alloc(d->a, n + 1);
   memcpy(c, s->p, n);
-  if (memchr(c, 0, n)) d->nul = true;
+  if (n > TW_NAME_MAX || !printable_ascii(s->p, n)) {
+    d->plain = false;
+    if (memchr(c, 0, n)) d->nul = true;
+  }
   c[n] = '\0';
   return c;
 }
@@ -323,21 +345,30 @@ static bool envelope(dec_t *d, const uint8_t *data, size_t len, Twin__V1__Envelo
   return true;
 }
 
-bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twin__V1__Envelope **out,
-                             bool *nul) {
-  dec_t d = {a, false};
+static bool decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twin__V1__Envelope **out, bool *nul,
+                        bool *plain) {
+  dec_t d = {a, false, true};
   if (!envelope(&d, data, len, out)) return false;
   if (nul) *nul = d.nul;
+  if (plain) *plain = d.plain;
   return true;
 }
 
-Twin__V1__Envelope *tw_envelope_unpack(ProtobufCAllocator *alloc, const uint8_t *data, size_t len, int *nul) {
+bool tw_envelope_decode_fast(tw_arena_t *a, const uint8_t *data, size_t len, Twin__V1__Envelope **out,
+                             bool *nul) {
+  return decode_fast(a, data, len, out, nul, NULL);
+}
+
+Twin__V1__Envelope *tw_envelope_unpack(ProtobufCAllocator *alloc, const uint8_t *data, size_t len, int *nul,
+                                       bool *plain) {
   tw_arena_t *a = tw_arena_of(alloc);
   Twin__V1__Envelope *e;
-  bool has_nul;
+  bool has_nul, all_plain;
   if (nul) *nul = -1;
-  if (a && tw_envelope_decode_fast(a, data, len, &e, &has_nul)) {
+  if (plain) *plain = false;
+  if (a && decode_fast(a, data, len, &e, &has_nul, &all_plain)) {
     if (nul) *nul = has_nul;
+    if (plain) *plain = all_plain;
     return e;
   }
   return twin__v1__envelope__unpack(alloc, len, data);

@@ -16,13 +16,20 @@
 #define LIST_MAX 1024
 #define TEXT_MAX 4096
 
-static bool utf8_ok(const char *s, size_t max) {
+/* plain: the decoder found every string printable ASCII of at most
+ * TW_NAME_MAX bytes (decode.h), so the UTF-8, control-character and length
+ * checks hold; the others (empty, '.', '$', numbers) still run. The verdict
+ * and the reason are the same either way (test_bad_input). */
+
+static bool utf8_ok(const char *s, size_t max, bool plain) {
+  if (plain) return true;
   size_t n = strlen(s);
   return n <= max && tw_utf8_valid(s, n);
 }
 
 /* A name used as a document field name: metric names, attribute keys. */
-static bool name_ok(const char *s) {
+static bool name_ok(const char *s, bool plain) {
+  if (plain) return s[0] && s[0] != '$' && !strchr(s, '.');
   size_t n = strlen(s);
   if (n == 0 || n > TW_NAME_MAX || s[0] == '$' || strchr(s, '.')) return false;
   for (size_t i = 0; i < n; i++)
@@ -30,8 +37,8 @@ static bool name_ok(const char *s) {
   return tw_utf8_valid(s, n);
 }
 
-static bool text_field(const char *what, const char *s, char *err, size_t cap) {
-  if (!utf8_ok(s, TEXT_MAX))
+static bool text_field(const char *what, const char *s, bool plain, char *err, size_t cap) {
+  if (!utf8_ok(s, TEXT_MAX, plain))
     return tw_fail(err, cap, "%s is not valid UTF-8 of at most %d bytes", what, TEXT_MAX);
   return true;
 }
@@ -41,7 +48,7 @@ static bool text_field(const char *what, const char *s, char *err, size_t cap) {
     if (!isfinite(v)) return tw_fail(err, cap, "telemetry.%s is not a finite number", name); \
   } while (0)
 
-static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
+static bool telemetry_ok(const Twin__V1__Telemetry *t, bool plain, char *err, size_t cap) {
   if (t->_odometer_km_case) FINITE("odometer_km", t->odometer_km);
   if (t->_speed_kph_case) FINITE("speed_kph", t->speed_kph);
   if (t->_battery_soc_pct_case) FINITE("battery_soc_pct", t->battery_soc_pct);
@@ -59,14 +66,15 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
   for (size_t i = 0; i < t->n_brake_pad_mm; i++) FINITE("brake_pad_mm", t->brake_pad_mm[i]);
   if (t->n_dtc_codes > LIST_MAX) return tw_fail(err, cap, "telemetry has more than %d dtc_codes", LIST_MAX);
   for (size_t i = 0; i < t->n_dtc_codes; i++)
-    if (!utf8_ok(t->dtc_codes[i], TW_NAME_MAX) || !t->dtc_codes[i][0])
+    if (!utf8_ok(t->dtc_codes[i], TW_NAME_MAX, plain) || !t->dtc_codes[i][0])
       return tw_fail(err, cap, "telemetry.dtc_codes[%zu] is empty, too long or not UTF-8", i);
-  if (t->_firmware_version_case && !text_field("telemetry.firmware_version", t->firmware_version, err, cap))
+  if (t->_firmware_version_case &&
+      !text_field("telemetry.firmware_version", t->firmware_version, plain, err, cap))
     return false;
   if (t->n_metrics > LIST_MAX) return tw_fail(err, cap, "telemetry has more than %d metrics", LIST_MAX);
   for (size_t i = 0; i < t->n_metrics; i++) {
     const char *k = t->metrics[i]->key;
-    if (!name_ok(k))
+    if (!name_ok(k, plain))
       return tw_fail(
           err, cap,
           "telemetry metric name %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')", i,
@@ -77,59 +85,67 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
   return true;
 }
 
-static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, char *err, size_t cap) {
+static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, bool plain, char *err, size_t cap) {
   if (!tw_lifecycle_kind_name((int)l->kind))
     return tw_fail(err, cap, "lifecycle.kind %d is not a known LifecycleKind", (int)l->kind);
-  if (!text_field("lifecycle.site", l->site, err, cap) ||
-      !text_field("lifecycle.actor", l->actor, err, cap) ||
-      !text_field("lifecycle.detail", l->detail, err, cap) ||
-      !text_field("lifecycle.work_order", l->work_order, err, cap) ||
-      !text_field("lifecycle.recall_id", l->recall_id, err, cap) ||
-      !text_field("lifecycle.owner_id", l->owner_id, err, cap) ||
-      !text_field("lifecycle.model", l->model, err, cap))
+  if (!text_field("lifecycle.site", l->site, plain, err, cap) ||
+      !text_field("lifecycle.actor", l->actor, plain, err, cap) ||
+      !text_field("lifecycle.detail", l->detail, plain, err, cap) ||
+      !text_field("lifecycle.work_order", l->work_order, plain, err, cap) ||
+      !text_field("lifecycle.recall_id", l->recall_id, plain, err, cap) ||
+      !text_field("lifecycle.owner_id", l->owner_id, plain, err, cap) ||
+      !text_field("lifecycle.model", l->model, plain, err, cap))
     return false;
   if (l->_odometer_km_case && !isfinite(l->odometer_km))
     return tw_fail(err, cap, "lifecycle.odometer_km is not a finite number");
   if (l->n_parts_replaced > LIST_MAX)
     return tw_fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
   for (size_t i = 0; i < l->n_parts_replaced; i++)
-    if (!text_field("lifecycle.parts_replaced", l->parts_replaced[i], err, cap)) return false;
+    if (!text_field("lifecycle.parts_replaced", l->parts_replaced[i], plain, err, cap)) return false;
   if (l->n_attributes > LIST_MAX) return tw_fail(err, cap, "lifecycle has more than %d attributes", LIST_MAX);
   for (size_t i = 0; i < l->n_attributes; i++) {
-    if (!name_ok(l->attributes[i]->key))
+    if (!name_ok(l->attributes[i]->key, plain))
       return tw_fail(
           err, cap,
           "lifecycle attribute key %zu is not allowed (1..%d bytes of UTF-8, no '.', not starting with '$')",
           i, TW_NAME_MAX);
-    if (!text_field("lifecycle attribute value", l->attributes[i]->value, err, cap)) return false;
+    if (!text_field("lifecycle attribute value", l->attributes[i]->value, plain, err, cap)) return false;
   }
   return true;
 }
 
-bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t key_len, char *err,
-                          size_t cap) {
+static bool envelope_ok(const Twin__V1__Envelope *env, const void *key, size_t key_len, bool plain, char *err,
+                        size_t cap) {
   size_t idn = strlen(env->product_id);
   if (idn == 0) return tw_fail(err, cap, "product_id is empty");
-  if (idn > TW_PRODUCT_ID_MAX)
-    return tw_fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
-  if (!tw_utf8_valid(env->product_id, idn)) return tw_fail(err, cap, "product_id is not valid UTF-8");
-  for (size_t i = 0; i < idn; i++)
-    if ((unsigned char)env->product_id[i] < 0x20)
-      return tw_fail(err, cap, "product_id contains control characters");
+  if (!plain) {
+    if (idn > TW_PRODUCT_ID_MAX)
+      return tw_fail(err, cap, "product_id is longer than %d bytes", TW_PRODUCT_ID_MAX);
+    if (!tw_utf8_valid(env->product_id, idn)) return tw_fail(err, cap, "product_id is not valid UTF-8");
+    for (size_t i = 0; i < idn; i++)
+      if ((unsigned char)env->product_id[i] < 0x20)
+        return tw_fail(err, cap, "product_id contains control characters");
+  }
   if (key && (key_len != idn || memcmp(key, env->product_id, idn) != 0))
     return tw_fail(err, cap, "message key does not equal product_id");
   if (!key) return tw_fail(err, cap, "message has no key (the key must equal product_id)");
-  if (!name_ok(env->source)) return tw_fail(err, cap, "source is empty, too long, not UTF-8 or contains '.'");
+  if (!name_ok(env->source, plain))
+    return tw_fail(err, cap, "source is empty, too long, not UTF-8 or contains '.'");
   if (env->seq == 0) return tw_fail(err, cap, "seq must be at least 1");
   if (env->event_time_ms < TW_EVENT_TIME_MIN_MS || env->event_time_ms >= TW_EVENT_TIME_MAX_MS)
     return tw_fail(err, cap,
                    "event_time_ms %lld is outside 1970-01-01..2100-01-01 (milliseconds since the Unix epoch)",
                    (long long)env->event_time_ms);
   switch (env->payload_case) {
-  case TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY: return telemetry_ok(env->telemetry, err, cap);
-  case TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE: return lifecycle_ok(env->lifecycle, err, cap);
+  case TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY: return telemetry_ok(env->telemetry, plain, err, cap);
+  case TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE: return lifecycle_ok(env->lifecycle, plain, err, cap);
   default: return tw_fail(err, cap, "envelope has no payload (neither telemetry nor lifecycle)");
   }
+}
+
+bool tw_envelope_validate(const Twin__V1__Envelope *env, const void *key, size_t key_len, char *err,
+                          size_t cap) {
+  return envelope_ok(env, key, key_len, false, err, cap);
 }
 
 /* ---- Decoding ---------------------------------------------------------------- */
@@ -194,7 +210,8 @@ Twin__V1__Envelope *tw_envelope_decode(ProtobufCAllocator *alloc, const void *va
     return NULL;
   }
   int nul;
-  Twin__V1__Envelope *env = tw_envelope_unpack(alloc, value, len, &nul);
+  bool plain;
+  Twin__V1__Envelope *env = tw_envelope_unpack(alloc, value, len, &nul, &plain);
   if (!env) {
     tw_fail(err, cap, "not a twin.v1.Envelope: protobuf decoding failed (%zu bytes)", len);
     return NULL;
@@ -202,7 +219,7 @@ Twin__V1__Envelope *tw_envelope_decode(ProtobufCAllocator *alloc, const void *va
   /* The fast decoder knows whether a string held a NUL; after protobuf-c
    * the wire bytes are walked again to find out. The walk names the field. */
   if ((nul != 0 && !strings_nul_free(&twin__v1__envelope__descriptor, value, len, "", err, cap)) ||
-      !tw_envelope_validate(env, key, key_len, err, cap)) {
+      !envelope_ok(env, key, key_len, plain, err, cap)) {
     twin__v1__envelope__free_unpacked(env, alloc);
     return NULL;
   }
