@@ -80,20 +80,33 @@ typedef struct {
   bool plain; /* every string so far printable ASCII of at most TW_NAME_MAX bytes */
 } dec_t;
 
-/* True when the n bytes at p are all 0x20..0x7f. Eight at a time: a byte
- * with the high bit set, or one below 0x20 (the borrow trick is exact for
- * "any byte below n" with n <= 0x80). */
+/* Bytes of w (k bytes wide) with the high bit set or below 0x20: the borrow
+ * trick is exact for "any byte below n" with n <= 0x80. */
+#define BAD_BYTES(w, ones) (((w) & (ones)*0x80) | (((w) - (ones)*0x20) & ~(w) & (ones)*0x80))
+
+/* True when the n bytes at p are all 0x20..0x7f: whole words, the last one
+ * overlapping the one before, so short strings take two loads. */
 static bool printable_ascii(const uint8_t *p, size_t n) {
-  const uint64_t ones = UINT64_C(0x0101010101010101), high = UINT64_C(0x8080808080808080);
-  uint64_t bad = 0;
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    uint64_t w;
-    memcpy(&w, p + i, 8);
-    bad |= (w & high) | ((w - ones * 0x20) & ~w & high);
+  if (n >= 8) {
+    const uint64_t ones = UINT64_C(0x0101010101010101);
+    uint64_t w, bad = 0;
+    for (size_t i = 0; i + 8 < n; i += 8) {
+      memcpy(&w, p + i, 8);
+      bad |= BAD_BYTES(w, ones);
+    }
+    memcpy(&w, p + n - 8, 8);
+    return !(bad | BAD_BYTES(w, ones));
   }
-  for (; i < n; i++) bad |= p[i] < 0x20 || p[i] >= 0x80;
-  return !bad;
+  if (n >= 4) {
+    const uint32_t ones = UINT32_C(0x01010101);
+    uint32_t a, b;
+    memcpy(&a, p, 4);
+    memcpy(&b, p + n - 4, 4);
+    return !(BAD_BYTES(a, ones) | BAD_BYTES(b, ones));
+  }
+  bool ok = true;
+  for (size_t i = 0; i < n; i++) ok &= p[i] >= 0x20 && p[i] < 0x80;
+  return ok;
 }
 
 static char *str(dec_t *d, const rd_t *s) {
