@@ -163,6 +163,19 @@ void tw_entry_own(tw_entry_t *e) {
   e->mem = mem;
 }
 
+void tw_alert_own(tw_alert_t *a) {
+  char **strs[] = {&a->rule, &a->alert_id, &a->message, &a->unit};
+  size_t size = 0;
+  for (size_t i = 0; i < 4; i++) size += (*strs[i] ? strlen(*strs[i]) : 0) + 1;
+  char *p = tw_xmalloc(size);
+  for (size_t i = 0; i < 4; i++) *strs[i] = copy_to(&p, *strs[i] ? *strs[i] : "");
+}
+
+void tw_alert_cleanup(tw_alert_t *a) {
+  free(a->rule); /* and the other three, in the same block */
+  a->rule = a->alert_id = a->message = a->unit = NULL;
+}
+
 void tw_twin_destroy(tw_twin_t *t) {
   if (!t) return;
   free(t->model);
@@ -186,12 +199,7 @@ void tw_twin_destroy(tw_twin_t *t) {
   free(t->open_recalls);
   free(t->last_service.work_order);
   free(t->last_service.site);
-  for (uint32_t i = 0; i < t->n_alerts; i++) {
-    free(t->alerts[i].rule);
-    free(t->alerts[i].alert_id);
-    free(t->alerts[i].message);
-    free(t->alerts[i].unit);
-  }
+  for (uint32_t i = 0; i < t->n_alerts; i++) tw_alert_cleanup(&t->alerts[i]);
   free(t->alerts);
   for (uint32_t i = 0; i < t->n_alert_cycles; i++) free(t->alert_cycles[i].rule);
   free(t->alert_cycles);

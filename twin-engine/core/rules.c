@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "twin_int.h"
 #include "util.h"
 
 #define DAY_MS 86400000.0
@@ -1147,10 +1148,10 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
       memmove(&t->alerts[pos + 1], &t->alerts[pos], (t->n_alerts - (uint32_t)pos) * sizeof *t->alerts);
       t->n_alerts++;
       tw_alert_t *a = &t->alerts[pos];
-      *a = (tw_alert_t){.rule = tw_xstrdup(r->id),
-                        .alert_id = tw_xstrdup(id),
-                        .message = tw_xstrdup(msg),
-                        .unit = tw_xstrdup(c.unit),
+      *a = (tw_alert_t){.rule = r->id,
+                        .alert_id = id,
+                        .message = msg,
+                        .unit = (char *)c.unit,
                         .severity = r->severity,
                         .since_ms = ev->event_time_ms,
                         .leaf = hit,
@@ -1158,6 +1159,7 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
                         .threshold = c.threshold,
                         .has_predicted = c.has_pred,
                         .predicted_at_ms = c.has_pred ? c.pred_ms : 0};
+      tw_alert_own(a);
       Twin__V1__MaintenanceAlert al = alert_msg(t, r, ev);
       al.alert_id = a->alert_id;
       al.state = TWIN__V1__ALERT_STATE__RAISED;
@@ -1203,10 +1205,7 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
     al.raised_at_ms = a->since_ms;
     transitions++;
     if (cb) cb(ud, &al);
-    free(a->rule);
-    free(a->alert_id);
-    free(a->message);
-    free(a->unit);
+    tw_alert_cleanup(a);
     memmove(&t->alerts[pos], &t->alerts[pos + 1], (t->n_alerts - (uint32_t)pos - 1) * sizeof *t->alerts);
     t->n_alerts--;
   }

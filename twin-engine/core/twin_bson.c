@@ -707,8 +707,9 @@ static void read_alerts(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
       free(al.unit);
       continue;
     }
-    if (!al.message) al.message = tw_xstrdup("");
-    if (!al.unit) al.unit = tw_xstrdup("");
+    char *tmp[] = {al.rule, al.alert_id, al.message, al.unit};
+    tw_alert_own(&al); /* copies; NULL message or unit become "" */
+    for (size_t i = 0; i < 4; i++) free(tmp[i]);
     t->alerts = tw_xrealloc(t->alerts, (t->n_alerts + 1) * sizeof *t->alerts);
     t->alerts[t->n_alerts++] = al;
   }

@@ -11,5 +11,10 @@ tw_entry_t *tw_twin_timeline_add(tw_twin_t *t);
 /* Copies every string and array e points to (borrowed, e.g. from a decoded
  * message or a BSON document) into one new allocation that e then owns. */
 void tw_entry_own(tw_entry_t *e);
+/* The same for an alert: rule, alert_id, message and unit (borrowed; NULL
+ * reads as "") go into one allocation that a->rule points to the start of;
+ * tw_alert_cleanup() frees it. */
+void tw_alert_own(tw_alert_t *a);
+void tw_alert_cleanup(tw_alert_t *a);
 
 #endif
