@@ -8,7 +8,9 @@
 #
 # Environment: BENCH_REPS (repetitions, default 3), BENCH_PEER_REPS (default:
 # BENCH_REPS), BENCH_SEED (default 7), BENCH_SKIP="peer recovery ..." (phases
-# to skip: core memory e2e freshness recovery peer), TWIN_KAFKA_BOOTSTRAP,
+# to skip: core memory e2e freshness recovery peer), BENCH_RATE (events/s
+# offered in the freshness / alert-latency phase; 100,000, quick 20,000),
+# TWIN_KAFKA_BOOTSTRAP,
 # TWIN_MONGO_URI (default: the local stack, started if needed).
 #
 # A phase that fails is recorded as such in the table and the run goes on;
@@ -39,6 +41,7 @@ full) PRODUCTS=100000 EVENTS=10000000 BIG_PRODUCTS=1000000 BIG_EVENTS=10000000 R
 quick) PRODUCTS=10000 EVENTS=500000 BIG_PRODUCTS=100000 BIG_EVENTS=1000000 RATE=20000 RATE_S=15 ;;
 *) echo "bench: BENCH_SCALE must be full or quick" >&2 && exit 2 ;;
 esac
+RATE=${BENCH_RATE:-$RATE}
 BROKERS=${TWIN_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
 MONGO=${TWIN_MONGO_URI:-mongodb://127.0.0.1:27017}
 HTTP_PORT=${BENCH_HTTP_PORT:-18090}
