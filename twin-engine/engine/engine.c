@@ -207,6 +207,14 @@ static void mark_dirty(shard_t *s, tw_twin_t *t) {
   s->dirty[s->n_dirty++] = t;
 }
 
+/* True when the group rebalances incrementally. librdkafka answers NULL
+ * while the consumer is closing, and an assignment can still arrive then (a
+ * SIGTERM just after start): that was a NULL strcmp and a crash. */
+static bool cooperative(rd_kafka_t *consumer) {
+  const char *p = rd_kafka_rebalance_protocol(consumer);
+  return p && strcmp(p, "COOPERATIVE") == 0;
+}
+
 /* ---- Kafka configuration --------------------------------------------------- */
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
@@ -967,7 +975,7 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
             (long long)(off >= 0 ? off : 0), off >= 0 ? " (checkpoint)" : " (no checkpoint: beginning)");
   }
   atomic_fetch_add(&e->assigned, parts->cnt);
-  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
+  if (cooperative(e->consumer)) {
     rd_kafka_error_t *err = rd_kafka_incremental_assign(e->consumer, parts);
     if (err) {
       TW_ERROR("engine", "incremental assign failed: %s", rd_kafka_error_string(err));
@@ -1000,7 +1008,7 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
   for (int k = 0; k < e->n_shards; k++)
     if (wait[k]) shard_wait(&e->shards[k], wait[k]);
   free(wait);
-  if (strcmp(rd_kafka_rebalance_protocol(e->consumer), "COOPERATIVE") == 0) {
+  if (cooperative(e->consumer)) {
     rd_kafka_error_t *err = rd_kafka_incremental_unassign(e->consumer, parts);
     if (err) {
       TW_ERROR("engine", "incremental unassign failed: %s", rd_kafka_error_string(err));
