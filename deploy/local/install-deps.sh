@@ -13,7 +13,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
   librdkafka-dev libmongoc-dev libbson-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-  libcmocka-dev libyaml-dev libmicrohttpd-dev libzstd-dev zstd
+  libcmocka-dev libyaml-dev libmicrohttpd-dev libzstd-dev zstd libjemalloc-dev
   clang clang-14 libclang-rt-14-dev clang-format-14
   # Local stack: kcat (Kafka metadata probe), Maven (fetches the Kafka jars),
   # python3 (the MongoDB ping probe).

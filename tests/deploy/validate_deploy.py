@@ -66,6 +66,7 @@ DEV_PKG = {
     "yaml-0.1": "libyaml-dev",
     "libmicrohttpd": "libmicrohttpd-dev",
     "libzstd": "libzstd-dev",
+    "jemalloc": "libjemalloc-dev",
     "cmocka": "libcmocka-dev",
 }
 RUNTIME_PKG = {
@@ -76,6 +77,7 @@ RUNTIME_PKG = {
     "yaml-0.1": "libyaml-0-2",
     "libmicrohttpd": "libmicrohttpd12",
     "libzstd": "libzstd1",
+    "jemalloc": "libjemalloc2",
 }
 PROGRAM_PKG = {"protoc-c": "protobuf-c-compiler"}  # find_program() in CMakeLists.txt
 TOOLCHAIN = {"cmake", "ninja-build", "pkg-config"}

@@ -301,6 +301,11 @@ static void test_prefetch_limits(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const char *extra[] = {cases[i].set, NULL};
     pid_t e = h_engine_start(&s, cases[i].shards, cases[i].set ? extra : NULL);
+    /* The allocator this build linked (CMakeLists.txt, TWIN_JEMALLOC; not
+     * in sanitizer builds), the one malloc of the whole process. */
+    if (i == 0)
+      assert_true(h_wait_engine_log(
+          TWIN_ENGINE_JEMALLOC ? "memory allocator: jemalloc 5." : "memory allocator: libc malloc", 30));
     if (!h_wait_engine_log(cases[i].line, 60))
       fail_msg("shards=%d %s: no log line \"%s\"", cases[i].shards, cases[i].set ? cases[i].set : "",
                cases[i].line);

@@ -16,6 +16,7 @@
  * stored state converges to what an uninterrupted run gives. */
 #include "engine.h"
 
+#include <dlfcn.h>
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <signal.h>
@@ -213,6 +214,19 @@ static void mark_dirty(shard_t *s, tw_twin_t *t) {
 static bool cooperative(rd_kafka_t *consumer) {
   const char *p = rd_kafka_rebalance_protocol(consumer);
   return p && strcmp(p, "COOPERATIVE") == 0;
+}
+
+/* The malloc in use: jemalloc when the build linked it (CMakeLists.txt,
+ * TWIN_JEMALLOC), else the C library's. Found by jemalloc's mallctl(). */
+static void log_allocator(void) {
+  int (*mallctl)(const char *, void *, size_t *, void *, size_t) =
+      (int (*)(const char *, void *, size_t *, void *, size_t))dlsym(RTLD_DEFAULT, "mallctl");
+  const char *version = NULL;
+  size_t len = sizeof version;
+  if (mallctl && mallctl("version", &version, &len, NULL, 0) == 0 && version)
+    TW_INFO("engine", "memory allocator: jemalloc %s", version);
+  else
+    TW_INFO("engine", "memory allocator: libc malloc");
 }
 
 /* ---- Kafka configuration --------------------------------------------------- */
@@ -1344,6 +1358,7 @@ int tw_engine_run(const tw_config_t *cfg) {
     }
     TW_INFO("engine", "%zu alert rules -> %s", tw_rules_count(e.rules), cfg->topic_alerts);
   }
+  log_allocator();
 
   e.store = tw_store_new(cfg->mongo_uri, cfg->mongo_database, "twin-engine", &berr);
   if (!e.store) {
