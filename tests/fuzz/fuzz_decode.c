@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       die("a NUL in product_id was not reported", size);
   }
   /* The combined decoder answers as protobuf-c does. */
-  Twin__V1__Envelope *both = tw_envelope_unpack(&g_arena.pb, data, size, NULL);
+  Twin__V1__Envelope *both = tw_envelope_unpack(&g_arena.pb, data, size, NULL, NULL);
   if ((both != NULL) != (ref != NULL)) die("tw_envelope_unpack and protobuf-c disagree", size);
   if (ref) twin__v1__envelope__free_unpacked(ref, NULL);
   tw_arena_reset(&g_arena);

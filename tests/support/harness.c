@@ -23,6 +23,7 @@
 #include "twin/record.h"
 #include "twin/rules.h"
 #include "twin/twin.h"
+#include "twin_int.h"
 
 extern char **environ;
 
@@ -414,10 +415,7 @@ void h_strip_interleaved_alerts(tw_twin_t *t) {
   for (size_t k = 0; k < 2; k++) {
     for (uint32_t i = 0; i < t->n_alerts; i++) {
       if (strcmp(t->alerts[i].rule, rules[k]) != 0) continue;
-      free(t->alerts[i].rule);
-      free(t->alerts[i].alert_id);
-      free(t->alerts[i].message);
-      free(t->alerts[i].unit);
+      tw_alert_cleanup(&t->alerts[i]); /* its four strings are one block */
       memmove(&t->alerts[i], &t->alerts[i + 1], (t->n_alerts - i - 1) * sizeof *t->alerts);
       t->n_alerts--;
       break;
