@@ -80,8 +80,9 @@ typedef struct {
   bool plain; /* every string so far printable ASCII of at most TW_NAME_MAX bytes */
 } dec_t;
 
-/* Bytes of w (k bytes wide) with the high bit set or below 0x20: the borrow
- * trick is exact for "any byte below n" with n <= 0x80. */
+/* Non-zero when a byte of w (ones: 0x01 in every byte of w's type) has the
+ * high bit set or is below 0x20: the borrow trick is exact for "any byte
+ * below n" with n <= 0x80. */
 #define BAD_BYTES(w, ones) (((w) & (ones)*0x80) | (((w) - (ones)*0x20) & ~(w) & (ones)*0x80))
 
 /* True when the n bytes at p are all 0x20..0x7f: whole words, the last one
