@@ -85,40 +85,47 @@ typedef struct {
  * below n" with n <= 0x80. */
 #define BAD_BYTES(w, ones) (((w) & (ones)*0x80) | (((w) - (ones)*0x20) & ~(w) & (ones)*0x80))
 
-/* True when the n bytes at p are all 0x20..0x7f: whole words, the last one
- * overlapping the one before, so short strings take two loads. */
-static bool printable_ascii(const uint8_t *p, size_t n) {
+/* Copies the n bytes at src to dst and returns true when they are all
+ * 0x20..0x7f: whole words, the last one overlapping the one before, so a
+ * short string takes two loads and two stores and no call. */
+static bool copy_printable(char *dst, const uint8_t *src, size_t n) {
   if (n >= 8) {
     const uint64_t ones = UINT64_C(0x0101010101010101);
     uint64_t w, bad = 0;
     for (size_t i = 0; i + 8 < n; i += 8) {
-      memcpy(&w, p + i, 8);
+      memcpy(&w, src + i, 8);
+      memcpy(dst + i, &w, 8);
       bad |= BAD_BYTES(w, ones);
     }
-    memcpy(&w, p + n - 8, 8);
+    memcpy(&w, src + n - 8, 8);
+    memcpy(dst + n - 8, &w, 8);
     return !(bad | BAD_BYTES(w, ones));
   }
   if (n >= 4) {
     const uint32_t ones = UINT32_C(0x01010101);
     uint32_t a, b;
-    memcpy(&a, p, 4);
-    memcpy(&b, p + n - 4, 4);
+    memcpy(&a, src, 4);
+    memcpy(&b, src + n - 4, 4);
+    memcpy(dst, &a, 4);
+    memcpy(dst + n - 4, &b, 4);
     return !(BAD_BYTES(a, ones) | BAD_BYTES(b, ones));
   }
   bool ok = true;
-  for (size_t i = 0; i < n; i++) ok &= p[i] >= 0x20 && p[i] < 0x80;
+  for (size_t i = 0; i < n; i++) {
+    dst[i] = (char)src[i];
+    ok &= src[i] >= 0x20 && src[i] < 0x80;
+  }
   return ok;
 }
 
 static char *str(dec_t *d, const rd_t *s) {
   size_t n = (size_t)(s->end - s->p);
   char *c = tw_arena_alloc(d->a, n + 1);
-  memcpy(c, s->p, n);
-  if (n > TW_NAME_MAX || !printable_ascii(s->p, n)) {
-    d->plain = false;
-    if (memchr(c, 0, n)) d->nul = true;
-  }
   c[n] = '\0';
+  if (n <= TW_NAME_MAX && copy_printable(c, s->p, n)) return c;
+  if (n > TW_NAME_MAX) memcpy(c, s->p, n); /* else copied already */
+  d->plain = false;
+  if (memchr(c, 0, n)) d->nul = true;
   return c;
 }
 
