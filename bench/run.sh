@@ -10,6 +10,7 @@
 # BENCH_REPS), BENCH_SEED (default 7), BENCH_SKIP="peer recovery ..." (phases
 # to skip: core memory e2e freshness recovery peer), BENCH_RATE (events/s
 # offered in the freshness / alert-latency phase; 100,000, quick 20,000),
+# BENCH_ENGINE_SET="key=value ..." (extra engine settings, every phase),
 # TWIN_KAFKA_BOOTSTRAP,
 # TWIN_MONGO_URI (default: the local stack, started if needed).
 #
@@ -151,6 +152,10 @@ le_share() {
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# BENCH_ENGINE_SET="key=value ...": extra settings for every engine the run starts.
+ENGINE_SET=()
+for kv in ${BENCH_ENGINE_SET:-}; do ENGINE_SET+=(--set "$kv"); done
+
 # engine_start DB GROUP TELEMETRY LIFECYCLE SHARDS [extra --set ...]: background engine
 engine_start() {
   local db=$1 group=$2 tel=$3 lc=$4 shards=$5
@@ -158,7 +163,7 @@ engine_start() {
   "$BIN/twin-engine" run --set "kafka.bootstrap.servers=$BROKERS" --set "mongo.uri=$MONGO" \
     --set "mongo.database=$db" --set "kafka.group.id=$group" --set "topics.telemetry=$tel" \
     --set "topics.lifecycle=$lc" --set "topics.dlq=$tel.dlq" --set "topics.alerts=$tel.alerts" \
-    --set "shards=$shards" --set "http.listen=127.0.0.1:$HTTP_PORT" "$@" >>"$LOGS/engine-$db.log" 2>&1 &
+    --set "shards=$shards" --set "http.listen=127.0.0.1:$HTTP_PORT" "$@" "${ENGINE_SET[@]}" >>"$LOGS/engine-$db.log" 2>&1 &
   ENGINE=$!
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && return 0
@@ -419,7 +424,7 @@ write_results() {
   {
     echo "# twin-engine benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(hostname)"
     echo
-    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
+    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"}${BENCH_RATE:+ BENCH_RATE=$BENCH_RATE}${BENCH_ENGINE_SET:+ BENCH_ENGINE_SET=\"$BENCH_ENGINE_SET\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
     echo
     echo "| what | result | how |"
     echo "|---|---|---|"
