@@ -417,6 +417,24 @@ static void test_fmt_num(void **state) {
   }
 }
 
+/* tw_utoa, which alert ids and tw_fmt_num's fast paths print with: against
+ * printf, with and without leading zeros, at the edges of uint64_t. */
+static void test_utoa(void **state) {
+  (void)state;
+  uint64_t x = 0x9e3779b97f4a7c15ULL;
+  for (int i = 0; i < 200000; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint64_t v = i < 3 ? (uint64_t[]){0, 9, UINT64_MAX}[i] : x >> (x % 64);
+    size_t min = 1 + (size_t)(x % 20);
+    char got[24], want[24];
+    size_t n = tw_utoa(v, min, got);
+    got[n] = '\0';
+    snprintf(want, sizeof want, "%0*llu", (int)min, (unsigned long long)v);
+    if (strcmp(got, want) != 0)
+      fail_msg("%llu, at least %zu digits: got %s, want %s", (unsigned long long)v, min, got, want);
+  }
+}
+
 /* ---- Only the rules an event can affect ------------------------------------ *
  *
  * tw_apply_event() evaluates a rule only when the event changed a class of
@@ -714,6 +732,7 @@ int main(void) {
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_predictive_accuracy);
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_rule_config);
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_fmt_num);
+  tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_utoa);
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_rule_reads);
   tests[nt++] = (struct CMUnitTest)cmocka_unit_test(test_skip_equivalence);
   int rc = _cmocka_run_group_tests("alerts", tests, nt, NULL, NULL);

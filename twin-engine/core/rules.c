@@ -1106,17 +1106,13 @@ size_t tw_rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event_t *
 /* out = "product:rule:cycle", cut at cap like snprintf (which took 1,200
  * instructions of the reducer's ~5,000 per event where alerts flap). */
 static void alert_id(char *out, size_t cap, const char *product, const char *rule, uint32_t cycle) {
-  char num[12];
-  size_t n = 0, o = 0;
-  do {
-    num[n++] = (char)('0' + cycle % 10);
-    cycle /= 10;
-  } while (cycle);
+  char num[20];
+  size_t n = tw_utoa(cycle, 1, num), o = 0;
   for (const char *p = product; *p && o + 1 < cap; p++) out[o++] = *p;
   if (o + 1 < cap) out[o++] = ':';
   for (const char *p = rule; *p && o + 1 < cap; p++) out[o++] = *p;
   if (o + 1 < cap) out[o++] = ':';
-  while (n && o + 1 < cap) out[o++] = num[--n];
+  for (size_t i = 0; i < n && o + 1 < cap; i++) out[o++] = num[i];
   out[o] = '\0';
 }
 

@@ -109,6 +109,17 @@ bool tw_utf8_valid(const char *str, size_t n) {
  * common magnitudes are formatted by hand (printf's float path was most of
  * the cost of raising an alert), and values whose cents are within a hair
  * of a rounding tie still go through snprintf. */
+size_t tw_utoa(uint64_t v, size_t min_digits, char *out) {
+  char tmp[20];
+  size_t n = 0, o = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v || n < min_digits);
+  while (n) out[o++] = tmp[--n];
+  return o;
+}
+
 void tw_fmt_num(double v, char *buf, size_t cap) {
   if (!isfinite(v)) {
     snprintf(buf, cap, "?");
@@ -142,15 +153,9 @@ void tw_fmt_num(double v, char *buf, size_t cap) {
      * ("-0" for a negative value that rounds to zero). */
     long long r = llround(v);
     if (cap >= 32) {
-      char tmp[24];
-      size_t n = 0, o = 0;
-      unsigned long long a = r < 0 ? (unsigned long long)(-r) : (unsigned long long)r;
-      do {
-        tmp[n++] = (char)('0' + a % 10);
-        a /= 10;
-      } while (a);
+      size_t o = 0;
       if (signbit(v)) buf[o++] = '-';
-      while (n) buf[o++] = tmp[--n];
+      o += tw_utoa(r < 0 ? 0 - (unsigned long long)r : (unsigned long long)r, 1, buf + o);
       buf[o] = '\0';
       return;
     }

@@ -24,6 +24,10 @@ bool tw_utf8_valid(const char *s, size_t n);
 int64_t tw_now_ms(void);
 int64_t tw_mono_ms(void);
 
+/* The decimal digits of v, at least min_digits (1..20) with leading zeros,
+ * at out without a NUL; returns how many (at most 20). */
+size_t tw_utoa(uint64_t v, size_t min_digits, char *out);
+
 /* v for people: integers without decimals, others with two at most
  * ("12", "3.5", "0.07", "?" for NaN/inf); exactly snprintf's %.0f or %.2f
  * with trailing zeros cut. cap >= 32 for the fast path. */
