@@ -147,6 +147,80 @@ static tw_outcome_t tel(tw_twin_t *t, const char *src, uint64_t seq, int64_t at,
   return tw_reduce(t, &env, NULL);
 }
 
+/* A timeline entry owns copies of every text of its event, in one block:
+ * here with more texts (9 fields, 12 parts, 40 attributes) than
+ * tw_entry_own() measures on its stack, a repeated attribute key and an
+ * empty site (stored as none). */
+static void test_timeline_entry_texts(void **state) {
+  (void)state;
+  tw_twin_t *t = tw_twin_new("VIN-TEXTS", 0);
+  char parts_buf[12][16], keys[40][16], vals[40][16];
+  char *parts[12];
+  Twin__V1__LifecycleEvent__AttributesEntry ae[41], *ap[41];
+  for (int i = 0; i < 12; i++) {
+    snprintf(parts_buf[i], sizeof parts_buf[i], "part-%02d", i);
+    parts[i] = parts_buf[i];
+  }
+  for (int i = 0; i < 40; i++) { /* keys in reverse order */
+    twin__v1__lifecycle_event__attributes_entry__init(&ae[i]);
+    snprintf(keys[i], sizeof keys[i], "key-%02d", 39 - i);
+    snprintf(vals[i], sizeof vals[i], "value-%02d", 39 - i);
+    ae[i].key = keys[i];
+    ae[i].value = vals[i];
+    ap[i] = &ae[i];
+  }
+  twin__v1__lifecycle_event__attributes_entry__init(&ae[40]);
+  ae[40].key = keys[0]; /* "key-39" again: the last value wins */
+  ae[40].value = "last";
+  ap[40] = &ae[40];
+  char source[] = "plant-7", actor[] = "robot cell 3", detail[] = "torque check";
+  Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
+  Twin__V1__LifecycleEvent lc = TWIN__V1__LIFECYCLE_EVENT__INIT;
+  env.product_id = t->product_id;
+  env.source = source;
+  env.seq = 1;
+  env.event_time_ms = 1700000000000;
+  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE;
+  env.lifecycle = &lc;
+  lc.kind = TWIN__V1__LIFECYCLE_KIND__BUILD_STEP_COMPLETED;
+  lc.site = "";
+  lc.actor = actor;
+  lc.detail = detail;
+  lc.n_parts_replaced = 12;
+  lc.parts_replaced = parts;
+  lc.n_attributes = 41;
+  lc.attributes = ap;
+  tw_reduce(t, &env, NULL);
+  /* The event's texts change after the call: the entry must not see it. */
+  memset(parts_buf, 'x', sizeof parts_buf);
+  memset(keys, 'x', sizeof keys);
+  memset(vals, 'x', sizeof vals);
+  memset(source, 'x', sizeof source - 1);
+  memset(actor, 'x', sizeof actor - 1);
+  assert_int_equal(t->n_timeline, 1);
+  const tw_entry_t *e = &t->timeline[0];
+  assert_string_equal(e->source, "plant-7");
+  assert_null(e->site);
+  assert_string_equal(e->actor, "robot cell 3");
+  assert_string_equal(e->detail, "torque check");
+  assert_null(e->work_order);
+  assert_int_equal(e->n_parts, 12);
+  for (int i = 0; i < 12; i++) {
+    char want[16];
+    snprintf(want, sizeof want, "part-%02d", i);
+    assert_string_equal(e->parts[i], want);
+  }
+  assert_int_equal(e->n_attrs, 40);
+  for (int i = 0; i < 40; i++) {
+    char k[16], v[16];
+    snprintf(k, sizeof k, "key-%02d", i);
+    snprintf(v, sizeof v, "value-%02d", i);
+    assert_string_equal(e->attrs[i].k, k);
+    assert_string_equal(e->attrs[i].v, i == 39 ? "last" : v);
+  }
+  tw_twin_destroy(t);
+}
+
 static void test_window_multiword(void **state) {
   (void)state;
   tw_twin_t *t = tw_twin_new("P1", 130); /* three 64-bit words, last one partial */
@@ -268,7 +342,7 @@ int main(void) {
   }
   closedir(d);
   qsort(fx, n, sizeof *fx, cmp_path);
-  struct CMUnitTest *tests = calloc(n + 4, sizeof *tests);
+  struct CMUnitTest *tests = calloc(n + 5, sizeof *tests);
   for (size_t i = 0; i < n; i++) {
     char err[512];
     fx[i].fx = tw_fixture_load_json(fx[i].path, err, sizeof err);
@@ -284,7 +358,8 @@ int main(void) {
   tests[n + 1] = (struct CMUnitTest)cmocka_unit_test(test_window_huge_seqs);
   tests[n + 2] = (struct CMUnitTest)cmocka_unit_test(test_lww_tie_breaks_by_seq);
   tests[n + 3] = (struct CMUnitTest)cmocka_unit_test(test_utf8);
-  int rc = _cmocka_run_group_tests("reducer", tests, n + 4, NULL, NULL);
+  tests[n + 4] = (struct CMUnitTest)cmocka_unit_test(test_timeline_entry_texts);
+  int rc = _cmocka_run_group_tests("reducer", tests, n + 5, NULL, NULL);
   for (size_t i = 0; i < n; i++) bson_destroy(fx[i].fx);
   free(fx);
   free(tests);

@@ -133,9 +133,9 @@ static void entry_cleanup(tw_entry_t *e) { free(e->mem); }
 
 static size_t opt_len(const char *s) { return s ? strlen(s) + 1 : 0; }
 
-static char *copy_to(char **p, const char *s) {
-  if (!s) return NULL;
-  size_t n = strlen(s) + 1;
+/* Copies the n bytes of s (its NUL included; NULL when n is 0) to *p. */
+static char *copy_to(char **p, const char *s, size_t n) {
+  if (!n) return NULL;
   char *r = memcpy(*p, s, n);
   *p += n;
   return r;
@@ -144,20 +144,29 @@ static char *copy_to(char **p, const char *s) {
 void tw_entry_own(tw_entry_t *e) {
   char **strs[] = {&e->source,    &e->site,     &e->actor, &e->detail, &e->work_order,
                    &e->recall_id, &e->owner_id, &e->model, &e->reason};
+  enum { N_STRS = sizeof strs / sizeof strs[0] };
+  /* Each length measured once, for the size and then for the copy. */
+  size_t n_len = N_STRS + e->n_parts + 2 * (size_t)e->n_attrs, few[64];
+  size_t *len = n_len <= 64 ? few : tw_xmalloc(n_len * sizeof *len), k = 0;
   size_t size = e->n_parts * sizeof *e->parts + e->n_attrs * sizeof *e->attrs;
-  for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) size += opt_len(*strs[i]);
-  for (uint32_t i = 0; i < e->n_parts; i++) size += opt_len(e->parts[i]);
-  for (uint32_t i = 0; i < e->n_attrs; i++) size += opt_len(e->attrs[i].k) + opt_len(e->attrs[i].v);
+  for (size_t i = 0; i < N_STRS; i++) size += len[k++] = opt_len(*strs[i]);
+  for (uint32_t i = 0; i < e->n_parts; i++) size += len[k++] = opt_len(e->parts[i]);
+  for (uint32_t i = 0; i < e->n_attrs; i++) {
+    size += len[k++] = opt_len(e->attrs[i].k);
+    size += len[k++] = opt_len(e->attrs[i].v);
+  }
   char *mem = tw_xmalloc(size ? size : 1);
   char **parts = (char **)mem; /* pointer arrays first: aligned */
   tw_kv_t *attrs = (tw_kv_t *)(parts + e->n_parts);
   char *p = (char *)(attrs + e->n_attrs);
-  for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) *strs[i] = copy_to(&p, *strs[i]);
-  for (uint32_t i = 0; i < e->n_parts; i++) parts[i] = copy_to(&p, e->parts[i]);
-  for (uint32_t i = 0; i < e->n_attrs; i++) {
-    attrs[i].k = copy_to(&p, e->attrs[i].k);
-    attrs[i].v = copy_to(&p, e->attrs[i].v);
+  k = 0;
+  for (size_t i = 0; i < N_STRS; i++, k++) *strs[i] = copy_to(&p, *strs[i], len[k]);
+  for (uint32_t i = 0; i < e->n_parts; i++, k++) parts[i] = copy_to(&p, e->parts[i], len[k]);
+  for (uint32_t i = 0; i < e->n_attrs; i++, k += 2) {
+    attrs[i].k = copy_to(&p, e->attrs[i].k, len[k]);
+    attrs[i].v = copy_to(&p, e->attrs[i].v, len[k + 1]);
   }
+  if (len != few) free(len);
   e->parts = e->n_parts ? parts : NULL;
   e->attrs = e->n_attrs ? attrs : NULL;
   e->mem = mem;
@@ -165,10 +174,10 @@ void tw_entry_own(tw_entry_t *e) {
 
 void tw_alert_own(tw_alert_t *a) {
   char **strs[] = {&a->rule, &a->alert_id, &a->message, &a->unit};
-  size_t size = 0;
-  for (size_t i = 0; i < 4; i++) size += (*strs[i] ? strlen(*strs[i]) : 0) + 1;
+  size_t len[4], size = 0;
+  for (size_t i = 0; i < 4; i++) size += len[i] = (*strs[i] ? strlen(*strs[i]) : 0) + 1;
   char *p = tw_xmalloc(size);
-  for (size_t i = 0; i < 4; i++) *strs[i] = copy_to(&p, *strs[i] ? *strs[i] : "");
+  for (size_t i = 0; i < 4; i++) *strs[i] = copy_to(&p, *strs[i] ? *strs[i] : "", len[i]);
 }
 
 void tw_alert_cleanup(tw_alert_t *a) {
