@@ -163,6 +163,9 @@ struct engine {
   const char *group;
   const char *topics[2];
   rd_kafka_t *consumer, *producer;
+  /* topics.alerts' handle, made once: producev by topic name looks the
+   * topic up under the producer's write lock for every message. */
+  rd_kafka_topic_t *alerts_rkt;
   tw_rules_t *rules; /* compiled once, read by every shard */
   tw_store_t *store; /* main thread's */
   shard_t *shards;
@@ -410,11 +413,10 @@ static void alert_cb(void *ud, const Twin__V1__MaintenanceAlert *al) {
   uint8_t *buf = len <= sizeof stackbuf ? stackbuf : tw_xmalloc(len);
   twin__v1__maintenance_alert__pack(al, buf);
   for (;;) {
-    rd_kafka_resp_err_t err =
-        rd_kafka_producev(e->producer, RD_KAFKA_V_TOPIC(e->cfg->topic_alerts),
-                          RD_KAFKA_V_KEY(al->product_id, strlen(al->product_id)), RD_KAFKA_V_VALUE(buf, len),
-                          RD_KAFKA_V_OPAQUE((void *)(intptr_t)s->batch_wall_ms),
-                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        e->producer, RD_KAFKA_V_RKT(e->alerts_rkt), RD_KAFKA_V_KEY(al->product_id, strlen(al->product_id)),
+        RD_KAFKA_V_VALUE(buf, len), RD_KAFKA_V_OPAQUE((void *)(intptr_t)s->batch_wall_ms),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
     if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !g_abort) {
       sleep_ms(5);
@@ -427,10 +429,7 @@ static void alert_cb(void *ud, const Twin__V1__MaintenanceAlert *al) {
   }
   if (buf != stackbuf) free(buf);
   s->alerts_pending = true;
-  if (al->state == TWIN__V1__ALERT_STATE__RAISED)
-    atomic_fetch_add(&s->st.alerts_raised, 1);
-  else
-    atomic_fetch_add(&s->st.alerts_cleared, 1);
+  stat_inc(al->state == TWIN__V1__ALERT_STATE__RAISED ? &s->st.alerts_raised : &s->st.alerts_cleared);
   TW_DEBUG("alerts", "%s %s %s: %s", al->product_id, al->rule_id,
            al->state == TWIN__V1__ALERT_STATE__RAISED ? "RAISED" : "CLEARED", al->message);
 }
@@ -1404,6 +1403,12 @@ int tw_engine_run(const tw_config_t *cfg) {
     TW_ERROR("engine", "cannot create Kafka producer: %s", errstr);
     goto out_store;
   }
+  e.alerts_rkt = rd_kafka_topic_new(e.producer, cfg->topic_alerts, NULL);
+  if (!e.alerts_rkt) {
+    TW_ERROR("engine", "cannot use topics.alerts %s: %s", cfg->topic_alerts,
+             rd_kafka_err2str(rd_kafka_last_error()));
+    goto out_producer;
+  }
   rd_kafka_conf_t *cc = kafka_conf(cfg, true);
   if (!cc) goto out_producer;
   rd_kafka_conf_set_rebalance_cb(cc, rebalance_cb);
@@ -1530,6 +1535,7 @@ int tw_engine_run(const tw_config_t *cfg) {
 out_consumer:
   rd_kafka_destroy(e.consumer);
 out_producer:
+  if (e.alerts_rkt) rd_kafka_topic_destroy(e.alerts_rkt);
   rd_kafka_destroy(e.producer);
 out_store:
   tw_store_destroy(e.store);
