@@ -104,11 +104,6 @@ bool tw_utf8_valid(const char *str, size_t n) {
   return true;
 }
 
-/* Numbers for people: integers without decimals, others with two at most.
- * The result is what snprintf's %.0f / %.2f (trailing zeros cut) give; the
- * common magnitudes are formatted by hand (printf's float path was most of
- * the cost of raising an alert), and values whose cents are within a hair
- * of a rounding tie still go through snprintf. */
 size_t tw_utoa(uint64_t v, size_t min_digits, char *out) {
   char tmp[20];
   size_t n = 0, o = 0;
@@ -120,6 +115,11 @@ size_t tw_utoa(uint64_t v, size_t min_digits, char *out) {
   return o;
 }
 
+/* Numbers for people: integers without decimals, others with two at most.
+ * The result is what snprintf's %.0f / %.2f (trailing zeros cut) give; the
+ * common magnitudes are formatted by hand (printf's float path was most of
+ * the cost of raising an alert), and values whose cents are within a hair
+ * of a rounding tie still go through snprintf. */
 void tw_fmt_num(double v, char *buf, size_t cap) {
   if (!isfinite(v)) {
     snprintf(buf, cap, "?");
