@@ -149,7 +149,7 @@ static void memory_pass(const msg_t *m, size_t n, const tw_rules_t *rules) {
     const tw_twin_t *t = twins.slots[i];
     if (!t) continue;
     if (t->timeline) timeline += malloc_usable_size(t->timeline) + 8;
-    for (uint32_t k = 0; k < t->n_timeline; k++) timeline += malloc_usable_size(t->timeline[k].mem) + 8;
+    for (uint32_t k = 0; k < t->n_timeline; k++) timeline += malloc_usable_size(t->timeline[k]) + 8;
   }
   double per = (double)(after - before) / (double)twins.len;
   printf("{\"bench\":\"reducer_memory\",\"events\":%zu,\"twins\":%zu,\"sizeof_twin\":%zu,"

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "twin/v1/events.pb-c.h"
 
@@ -94,28 +95,64 @@ typedef struct {
 } tw_source_t;
 
 /* ---- Timeline -------------------------------------------------------------- */
+/* The texts of a timeline entry, in the order an entry stores them. */
+typedef enum {
+  TW_ET_SOURCE = 0,
+  TW_ET_SITE,
+  TW_ET_ACTOR,
+  TW_ET_DETAIL,
+  TW_ET_WORK_ORDER,
+  TW_ET_RECALL_ID,
+  TW_ET_OWNER_ID,
+  TW_ET_MODEL,
+  TW_ET_REASON, /* why it was rejected; none when applied */
+  TW_ET_COUNT
+} tw_entry_text_t;
+
 typedef struct {
-  char *k, *v;
+  const char *k, *v;
 } tw_kv_t;
 
-/* A timeline entry. Its strings and arrays live in one allocation, mem,
- * made by tw_entry_own(): one malloc and one free per entry. */
+/* What a timeline entry is made from; every text is borrowed (NULL: none)
+ * and copied by tw_twin_timeline_add(). */
 typedef struct {
   int kind; /* Twin__V1__LifecycleKind */
   int64_t event_time_ms;
-  char *source;
   uint64_t seq;
-  char *site, *actor, *detail, *work_order, *recall_id, *owner_id, *model;
-  bool has_odometer;
+  const char *text[TW_ET_COUNT]; /* text[TW_ET_SOURCE] NULL is stored as "" */
+  bool has_odometer, rejected;
   double odometer_km;
-  char **parts;
+  char *const *parts;
   uint32_t n_parts;
-  tw_kv_t *attrs; /* sorted by key */
   uint32_t n_attrs;
-  bool rejected;
-  char *reason; /* NULL when applied */
-  void *mem;    /* owned: everything above points into it */
+  const tw_kv_t *attrs; /* sorted by key */
+} tw_entry_in_t;
+
+/* A timeline entry: one allocation, this header followed by its texts,
+ * each NUL-terminated, back to back: the ones present of TW_ET_SOURCE ..
+ * TW_ET_REASON in that order, the parts, then each attribute's key and
+ * value: 40 bytes and the texts, in one malloc. Nothing on the hot path
+ * reads an entry back (snapshots and recall checks do, with
+ * tw_entry_texts()), so the texts are not worth a pointer each. */
+typedef struct {
+  int64_t event_time_ms;
+  uint64_t seq;
+  double odometer_km;
+  int32_t kind;     /* Twin__V1__LifecycleKind */
+  uint16_t present; /* bit i: text i is stored */
+  bool has_odometer, rejected;
+  uint32_t n_parts, n_attrs;
+  char texts[];
 } tw_entry_t;
+
+/* One walk over e's texts: out[i] = text i or NULL when it has none (the
+ * source is always there). Returns the first part; each next part, then
+ * each attribute's key and value, starts after the one before
+ * (tw_text_next()). */
+const char *tw_entry_texts(const tw_entry_t *e, const char *out[TW_ET_COUNT]);
+/* Text i of e, or NULL. */
+const char *tw_entry_text(const tw_entry_t *e, tw_entry_text_t i);
+static inline const char *tw_text_next(const char *s) { return s + strlen(s) + 1; }
 
 typedef struct {
   int64_t at_ms;
@@ -237,7 +274,7 @@ typedef struct tw_twin {
   uint32_t n_sources;
   uint32_t seq_window; /* seqs accepted behind each source's high-water mark */
 
-  tw_entry_t *timeline; /* owned, in applied order */
+  tw_entry_t **timeline; /* owned, each entry owned, in applied order */
   uint32_t n_timeline, cap_timeline;
   char **open_recalls; /* owned, in issue order */
   uint32_t n_open_recalls;

@@ -416,7 +416,8 @@ static void test_rejected_in_timeline(void **state) {
       gate(t, lifecycle("VIN-LC", 2, T0 + 1, TWIN__V1__LIFECYCLE_KIND__DELIVERED), "VIN-LC", -1, &o, &why));
   assert_int_equal(o, TW_OUT_REJECTED);
   assert_non_null(why);
-  assert_true(t->n_timeline == 2 && t->timeline[1].rejected && strcmp(t->timeline[1].reason, why) == 0);
+  assert_true(t->n_timeline == 2 && t->timeline[1]->rejected &&
+              strcmp(tw_entry_text(t->timeline[1], TW_ET_REASON), why) == 0);
   expect_outcome(t, lifecycle("VIN-LC", 3, T0 + 2, TWIN__V1__LIFECYCLE_KIND__BUILD_STARTED), TW_OUT_APPLIED);
   assert_int_equal(t->stage, TW_STAGE_IN_PRODUCTION);
   tw_twin_destroy(t);

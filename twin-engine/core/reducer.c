@@ -129,47 +129,68 @@ void tw_twin_prefetch(const tw_twin_t *t, int stage) {
   }
 }
 
-static void entry_cleanup(tw_entry_t *e) { free(e->mem); }
-
-static size_t opt_len(const char *s) { return s ? strlen(s) + 1 : 0; }
-
-/* Copies the n bytes of s (its NUL included; NULL when n is 0) to *p. */
-static char *copy_to(char **p, const char *s, size_t n) {
-  if (!n) return NULL;
-  char *r = memcpy(*p, s, n);
+/* Copies the n bytes of s (its NUL included) to *p. */
+static void copy_to(char **p, const char *s, size_t n) {
+  memcpy(*p, s, n);
   *p += n;
-  return r;
 }
 
-void tw_entry_own(tw_entry_t *e) {
-  char **strs[] = {&e->source,    &e->site,     &e->actor, &e->detail, &e->work_order,
-                   &e->recall_id, &e->owner_id, &e->model, &e->reason};
-  enum { N_STRS = sizeof strs / sizeof strs[0] };
+static tw_entry_t *entry_new(const tw_entry_in_t *in) {
+  const char *text[TW_ET_COUNT];
+  memcpy(text, in->text, sizeof text);
+  if (!text[TW_ET_SOURCE]) text[TW_ET_SOURCE] = "";
   /* Each length measured once, for the size and then for the copy. */
-  size_t n_len = N_STRS + e->n_parts + 2 * (size_t)e->n_attrs, few[64];
-  size_t *len = n_len <= 64 ? few : tw_xmalloc(n_len * sizeof *len), k = 0;
-  size_t size = e->n_parts * sizeof *e->parts + e->n_attrs * sizeof *e->attrs;
-  for (size_t i = 0; i < N_STRS; i++) size += len[k++] = opt_len(*strs[i]);
-  for (uint32_t i = 0; i < e->n_parts; i++) size += len[k++] = opt_len(e->parts[i]);
-  for (uint32_t i = 0; i < e->n_attrs; i++) {
-    size += len[k++] = opt_len(e->attrs[i].k);
-    size += len[k++] = opt_len(e->attrs[i].v);
+  size_t n_len = TW_ET_COUNT + in->n_parts + 2 * (size_t)in->n_attrs, few[64];
+  size_t *len = n_len <= 64 ? few : tw_xmalloc(n_len * sizeof *len), k = 0, size = sizeof(tw_entry_t);
+  for (size_t i = 0; i < TW_ET_COUNT; i++) size += len[k++] = text[i] ? strlen(text[i]) + 1 : 0;
+  for (uint32_t i = 0; i < in->n_parts; i++) size += len[k++] = strlen(in->parts[i]) + 1;
+  for (uint32_t i = 0; i < in->n_attrs; i++) {
+    size += len[k++] = strlen(in->attrs[i].k) + 1;
+    size += len[k++] = strlen(in->attrs[i].v) + 1;
   }
-  char *mem = tw_xmalloc(size ? size : 1);
-  char **parts = (char **)mem; /* pointer arrays first: aligned */
-  tw_kv_t *attrs = (tw_kv_t *)(parts + e->n_parts);
-  char *p = (char *)(attrs + e->n_attrs);
+  tw_entry_t *e = tw_xmalloc(size);
+  *e = (tw_entry_t){.event_time_ms = in->event_time_ms,
+                    .seq = in->seq,
+                    .odometer_km = in->has_odometer ? in->odometer_km : 0,
+                    .kind = in->kind,
+                    .has_odometer = in->has_odometer,
+                    .rejected = in->rejected,
+                    .n_parts = in->n_parts,
+                    .n_attrs = in->n_attrs};
+  char *p = e->texts;
   k = 0;
-  for (size_t i = 0; i < N_STRS; i++, k++) *strs[i] = copy_to(&p, *strs[i], len[k]);
-  for (uint32_t i = 0; i < e->n_parts; i++, k++) parts[i] = copy_to(&p, e->parts[i], len[k]);
-  for (uint32_t i = 0; i < e->n_attrs; i++, k += 2) {
-    attrs[i].k = copy_to(&p, e->attrs[i].k, len[k]);
-    attrs[i].v = copy_to(&p, e->attrs[i].v, len[k + 1]);
+  for (size_t i = 0; i < TW_ET_COUNT; i++, k++)
+    if (text[i]) {
+      e->present |= (uint16_t)(1u << i);
+      copy_to(&p, text[i], len[k]);
+    }
+  for (uint32_t i = 0; i < in->n_parts; i++, k++) copy_to(&p, in->parts[i], len[k]);
+  for (uint32_t i = 0; i < in->n_attrs; i++, k += 2) {
+    copy_to(&p, in->attrs[i].k, len[k]);
+    copy_to(&p, in->attrs[i].v, len[k + 1]);
   }
   if (len != few) free(len);
-  e->parts = e->n_parts ? parts : NULL;
-  e->attrs = e->n_attrs ? attrs : NULL;
-  e->mem = mem;
+  return e;
+}
+
+const char *tw_entry_texts(const tw_entry_t *e, const char *out[TW_ET_COUNT]) {
+  const char *p = e->texts;
+  for (int i = 0; i < TW_ET_COUNT; i++) {
+    out[i] = NULL;
+    if (e->present & (1u << i)) {
+      out[i] = p;
+      p = tw_text_next(p);
+    }
+  }
+  return p;
+}
+
+const char *tw_entry_text(const tw_entry_t *e, tw_entry_text_t i) {
+  if (!(e->present & (1u << i))) return NULL;
+  const char *p = e->texts;
+  for (unsigned j = 0; j < (unsigned)i; j++)
+    if (e->present & (1u << j)) p = tw_text_next(p);
+  return p;
 }
 
 void tw_alert_own(tw_alert_t *a) {
@@ -177,7 +198,11 @@ void tw_alert_own(tw_alert_t *a) {
   size_t len[4], size = 0;
   for (size_t i = 0; i < 4; i++) size += len[i] = (*strs[i] ? strlen(*strs[i]) : 0) + 1;
   char *p = tw_xmalloc(size);
-  for (size_t i = 0; i < 4; i++) *strs[i] = copy_to(&p, *strs[i] ? *strs[i] : "", len[i]);
+  for (size_t i = 0; i < 4; i++) {
+    const char *s = *strs[i] ? *strs[i] : "";
+    *strs[i] = p;
+    copy_to(&p, s, len[i]);
+  }
 }
 
 void tw_alert_cleanup(tw_alert_t *a) {
@@ -202,7 +227,7 @@ void tw_twin_destroy(tw_twin_t *t) {
   }
   for (uint32_t i = 0; i < t->n_sources; i++) free(t->sources[i].bits); /* and the name in it */
   free(t->sources);
-  for (uint32_t i = 0; i < t->n_timeline; i++) entry_cleanup(&t->timeline[i]);
+  for (uint32_t i = 0; i < t->n_timeline; i++) free(t->timeline[i]);
   free(t->timeline);
   for (uint32_t i = 0; i < t->n_open_recalls; i++) free(t->open_recalls[i]);
   free(t->open_recalls);
@@ -534,57 +559,55 @@ static tw_outcome_t reduce_telemetry(tw_twin_t *t, const Twin__V1__Envelope *env
 
 /* ---- Lifecycle ------------------------------------------------------------- */
 
-tw_entry_t *tw_twin_timeline_add(tw_twin_t *t) {
+tw_entry_t *tw_twin_timeline_add(tw_twin_t *t, const tw_entry_in_t *in) {
   if (t->n_timeline == t->cap_timeline) {
     t->cap_timeline = t->cap_timeline ? t->cap_timeline * 2 : 8;
     t->timeline = tw_xrealloc(t->timeline, t->cap_timeline * sizeof *t->timeline);
   }
-  tw_entry_t *e = &t->timeline[t->n_timeline++];
-  memset(e, 0, sizeof *e);
-  return e;
+  return t->timeline[t->n_timeline++] = entry_new(in);
 }
 
-static char *nonempty(const char *s) { return s && *s ? (char *)s : NULL; }
+static const char *nonempty(const char *s) { return s && *s ? s : NULL; }
 
-static void timeline_push(tw_twin_t *t, const Twin__V1__Envelope *env, const char *reason) {
+static tw_entry_t *timeline_push(tw_twin_t *t, const Twin__V1__Envelope *env, const char *reason) {
   const Twin__V1__LifecycleEvent *lc = env->lifecycle;
-  tw_entry_t *e = tw_twin_timeline_add(t);
-  /* Borrowed from the message, then copied into the entry's one block. */
-  e->kind = (int)lc->kind;
-  e->event_time_ms = env->event_time_ms;
-  e->source = env->source;
-  e->seq = env->seq;
-  e->site = nonempty(lc->site);
-  e->actor = nonempty(lc->actor);
-  e->detail = nonempty(lc->detail);
-  e->work_order = nonempty(lc->work_order);
-  e->recall_id = nonempty(lc->recall_id);
-  e->owner_id = nonempty(lc->owner_id);
-  e->model = nonempty(lc->model);
-  e->has_odometer = lc->_odometer_km_case != 0;
-  e->odometer_km = e->has_odometer ? lc->odometer_km : 0;
-  e->parts = lc->parts_replaced;
-  e->n_parts = (uint32_t)lc->n_parts_replaced;
+  /* Borrowed from the message; tw_twin_timeline_add() copies them. */
+  tw_entry_in_t in = {.kind = (int)lc->kind,
+                      .event_time_ms = env->event_time_ms,
+                      .seq = env->seq,
+                      .text = {[TW_ET_SOURCE] = env->source,
+                               [TW_ET_SITE] = nonempty(lc->site),
+                               [TW_ET_ACTOR] = nonempty(lc->actor),
+                               [TW_ET_DETAIL] = nonempty(lc->detail),
+                               [TW_ET_WORK_ORDER] = nonempty(lc->work_order),
+                               [TW_ET_RECALL_ID] = nonempty(lc->recall_id),
+                               [TW_ET_OWNER_ID] = nonempty(lc->owner_id),
+                               [TW_ET_MODEL] = nonempty(lc->model),
+                               [TW_ET_REASON] = reason},
+                      .has_odometer = lc->_odometer_km_case != 0,
+                      .rejected = reason != NULL,
+                      .odometer_km = lc->odometer_km,
+                      .parts = lc->parts_replaced,
+                      .n_parts = (uint32_t)lc->n_parts_replaced};
   tw_kv_t few[16], *kv = lc->n_attributes <= 16 ? few : tw_xmalloc(lc->n_attributes * sizeof *kv);
-  e->attrs = kv;
   for (size_t i = 0; i < lc->n_attributes; i++) {
     /* Keep attributes sorted by key so the document does not depend on the
      * producer's map order; a repeated key keeps its last value. */
-    char *k = lc->attributes[i]->key, *v = lc->attributes[i]->value;
+    const char *k = lc->attributes[i]->key, *v = lc->attributes[i]->value;
     uint32_t j = 0;
-    while (j < e->n_attrs && strcmp(kv[j].k, k) < 0) j++;
-    if (j < e->n_attrs && strcmp(kv[j].k, k) == 0) {
+    while (j < in.n_attrs && strcmp(kv[j].k, k) < 0) j++;
+    if (j < in.n_attrs && strcmp(kv[j].k, k) == 0) {
       kv[j].v = v;
       continue;
     }
-    memmove(&kv[j + 1], &kv[j], (e->n_attrs - j) * sizeof *kv);
+    memmove(&kv[j + 1], &kv[j], (in.n_attrs - j) * sizeof *kv);
     kv[j] = (tw_kv_t){k, v};
-    e->n_attrs++;
+    in.n_attrs++;
   }
-  e->rejected = reason != NULL;
-  e->reason = (char *)reason;
-  tw_entry_own(e);
+  in.attrs = kv;
+  tw_entry_t *e = tw_twin_timeline_add(t, &in);
   if (kv != few) free(kv);
+  return e;
 }
 
 static int open_recall_index(const tw_twin_t *t, const char *id) {
@@ -595,10 +618,10 @@ static int open_recall_index(const tw_twin_t *t, const char *id) {
 
 static bool recall_was_completed(const tw_twin_t *t, const char *id) {
   for (uint32_t i = 0; i < t->n_timeline; i++) {
-    const tw_entry_t *e = &t->timeline[i];
-    if (!e->rejected && e->kind == TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED && e->recall_id &&
-        strcmp(e->recall_id, id) == 0)
-      return true;
+    const tw_entry_t *e = t->timeline[i];
+    if (e->rejected || e->kind != TWIN__V1__LIFECYCLE_KIND__RECALL_COMPLETED) continue;
+    const char *recall_id = tw_entry_text(e, TW_ET_RECALL_ID);
+    if (recall_id && strcmp(recall_id, id) == 0) return true;
   }
   return false;
 }
@@ -724,10 +747,10 @@ static uint32_t lifecycle_apply(tw_twin_t *t, const Twin__V1__Envelope *env) {
 
 static tw_outcome_t reduce_lifecycle(tw_twin_t *t, const Twin__V1__Envelope *env, const char **reason) {
   const char *why = lifecycle_check(t, env->lifecycle);
-  timeline_push(t, env, why);
+  const tw_entry_t *e = timeline_push(t, env, why);
   if (why) {
     t->counters.rejected++;
-    if (reason) *reason = t->timeline[t->n_timeline - 1].reason;
+    if (reason) *reason = tw_entry_text(e, TW_ET_REASON);
     return TW_OUT_REJECTED;
   }
   t->rule_inputs |= lifecycle_apply(t, env);

@@ -102,28 +102,43 @@ static void put_telemetry(bson_t *doc, const tw_telemetry_t *t) {
 }
 
 static void put_entry(bson_t *a, const char *key, const tw_entry_t *e) {
+  const char *text[TW_ET_COUNT], *p = tw_entry_texts(e, text);
   bson_t d;
   BSON_APPEND_DOCUMENT_BEGIN(a, key, &d);
   const char *kind = tw_lifecycle_kind_name(e->kind);
   BSON_APPEND_UTF8(&d, "kind", kind ? kind : "UNKNOWN");
   BSON_APPEND_INT64(&d, "event_time_ms", e->event_time_ms);
-  BSON_APPEND_UTF8(&d, "source", e->source);
+  BSON_APPEND_UTF8(&d, "source", text[TW_ET_SOURCE]);
   BSON_APPEND_INT64(&d, "seq", (int64_t)e->seq);
   BSON_APPEND_UTF8(&d, "status", e->rejected ? "rejected" : "applied");
-  if (e->reason) BSON_APPEND_UTF8(&d, "reason", e->reason);
-  if (e->site) BSON_APPEND_UTF8(&d, "site", e->site);
-  if (e->actor) BSON_APPEND_UTF8(&d, "actor", e->actor);
-  if (e->detail) BSON_APPEND_UTF8(&d, "detail", e->detail);
-  if (e->work_order) BSON_APPEND_UTF8(&d, "work_order", e->work_order);
+  if (text[TW_ET_REASON]) BSON_APPEND_UTF8(&d, "reason", text[TW_ET_REASON]);
+  if (text[TW_ET_SITE]) BSON_APPEND_UTF8(&d, "site", text[TW_ET_SITE]);
+  if (text[TW_ET_ACTOR]) BSON_APPEND_UTF8(&d, "actor", text[TW_ET_ACTOR]);
+  if (text[TW_ET_DETAIL]) BSON_APPEND_UTF8(&d, "detail", text[TW_ET_DETAIL]);
+  if (text[TW_ET_WORK_ORDER]) BSON_APPEND_UTF8(&d, "work_order", text[TW_ET_WORK_ORDER]);
   if (e->has_odometer) BSON_APPEND_DOUBLE(&d, "odometer_km", e->odometer_km);
-  if (e->n_parts) put_strings(&d, "parts_replaced", e->parts, e->n_parts);
-  if (e->recall_id) BSON_APPEND_UTF8(&d, "recall_id", e->recall_id);
-  if (e->owner_id) BSON_APPEND_UTF8(&d, "owner_id", e->owner_id);
-  if (e->model) BSON_APPEND_UTF8(&d, "model", e->model);
+  if (e->n_parts) {
+    bson_t arr;
+    char kb[16];
+    const char *kp;
+    BSON_APPEND_ARRAY_BEGIN(&d, "parts_replaced", &arr);
+    for (uint32_t i = 0; i < e->n_parts; i++, p = tw_text_next(p)) {
+      bson_uint32_to_string(i, &kp, kb, sizeof kb);
+      BSON_APPEND_UTF8(&arr, kp, p);
+    }
+    bson_append_array_end(&d, &arr);
+  }
+  if (text[TW_ET_RECALL_ID]) BSON_APPEND_UTF8(&d, "recall_id", text[TW_ET_RECALL_ID]);
+  if (text[TW_ET_OWNER_ID]) BSON_APPEND_UTF8(&d, "owner_id", text[TW_ET_OWNER_ID]);
+  if (text[TW_ET_MODEL]) BSON_APPEND_UTF8(&d, "model", text[TW_ET_MODEL]);
   if (e->n_attrs) {
     bson_t at;
     BSON_APPEND_DOCUMENT_BEGIN(&d, "attributes", &at);
-    for (uint32_t i = 0; i < e->n_attrs; i++) BSON_APPEND_UTF8(&at, e->attrs[i].k, e->attrs[i].v);
+    for (uint32_t i = 0; i < e->n_attrs; i++) {
+      const char *k = p, *v = tw_text_next(k);
+      BSON_APPEND_UTF8(&at, k, v);
+      p = tw_text_next(v);
+    }
     bson_append_document_end(&d, &at);
   }
   bson_append_document_end(a, &d);
@@ -268,7 +283,7 @@ void tw_twin_to_bson(const tw_twin_t *t, int64_t updated_at_ms, bson_t *doc) {
   BSON_APPEND_ARRAY_BEGIN(doc, "timeline", &a);
   for (uint32_t i = 0; i < t->n_timeline; i++) {
     bson_uint32_to_string(i, &kp, key, sizeof key);
-    put_entry(&a, kp, &t->timeline[i]);
+    put_entry(&a, kp, t->timeline[i]);
   }
   bson_append_array_end(doc, &a);
   put_strings(doc, "open_recalls", t->open_recalls, t->n_open_recalls);
@@ -489,58 +504,49 @@ static char **borrow_strings(const bson_iter_t *arr, uint32_t *n) {
 static void read_entry(tw_twin_t *t, const bson_iter_t *it) {
   bson_iter_t in;
   if (!bson_iter_recurse(it, &in)) return;
-  tw_entry_t *e = tw_twin_timeline_add(t);
-  /* Strings are borrowed from the document until tw_entry_own() copies them. */
+  /* Texts are borrowed from the document until tw_twin_timeline_add() copies them. */
+  tw_entry_in_t e = {0};
   char **parts = NULL;
   tw_kv_t *attrs = NULL;
+  static const struct {
+    const char *name;
+    tw_entry_text_t i;
+  } texts[] = {{"source", TW_ET_SOURCE},       {"reason", TW_ET_REASON},     {"site", TW_ET_SITE},
+               {"actor", TW_ET_ACTOR},         {"detail", TW_ET_DETAIL},     {"work_order", TW_ET_WORK_ORDER},
+               {"recall_id", TW_ET_RECALL_ID}, {"owner_id", TW_ET_OWNER_ID}, {"model", TW_ET_MODEL}};
   while (bson_iter_next(&in)) {
     const char *k = bson_iter_key(&in), *s = it_cstr(&in);
-    if (strcmp(k, "kind") == 0) {
+    size_t ti = 0;
+    while (ti < sizeof texts / sizeof texts[0] && strcmp(k, texts[ti].name) != 0) ti++;
+    if (ti < sizeof texts / sizeof texts[0])
+      e.text[texts[ti].i] = s;
+    else if (strcmp(k, "kind") == 0) {
       for (int i = 1; s && tw_lifecycle_kind_name(i); i++)
-        if (strcmp(s, tw_lifecycle_kind_name(i)) == 0) e->kind = i;
+        if (strcmp(s, tw_lifecycle_kind_name(i)) == 0) e.kind = i;
     } else if (strcmp(k, "event_time_ms") == 0)
-      e->event_time_ms = it_i64(&in);
-    else if (strcmp(k, "source") == 0)
-      e->source = (char *)s;
+      e.event_time_ms = it_i64(&in);
     else if (strcmp(k, "seq") == 0)
-      e->seq = (uint64_t)it_i64(&in);
+      e.seq = (uint64_t)it_i64(&in);
     else if (strcmp(k, "status") == 0)
-      e->rejected = s && strcmp(s, "rejected") == 0;
-    else if (strcmp(k, "reason") == 0)
-      e->reason = (char *)s;
-    else if (strcmp(k, "site") == 0)
-      e->site = (char *)s;
-    else if (strcmp(k, "actor") == 0)
-      e->actor = (char *)s;
-    else if (strcmp(k, "detail") == 0)
-      e->detail = (char *)s;
-    else if (strcmp(k, "work_order") == 0)
-      e->work_order = (char *)s;
+      e.rejected = s && strcmp(s, "rejected") == 0;
     else if (strcmp(k, "odometer_km") == 0) {
-      e->has_odometer = true;
-      e->odometer_km = it_dbl(&in);
+      e.has_odometer = true;
+      e.odometer_km = it_dbl(&in);
     } else if (strcmp(k, "parts_replaced") == 0) {
       free(parts);
-      e->parts = parts = borrow_strings(&in, &e->n_parts);
-    } else if (strcmp(k, "recall_id") == 0)
-      e->recall_id = (char *)s;
-    else if (strcmp(k, "owner_id") == 0)
-      e->owner_id = (char *)s;
-    else if (strcmp(k, "model") == 0)
-      e->model = (char *)s;
-    else if (strcmp(k, "attributes") == 0) {
+      e.parts = parts = borrow_strings(&in, &e.n_parts);
+    } else if (strcmp(k, "attributes") == 0) {
       bson_iter_t a;
       if (!bson_iter_recurse(&in, &a)) continue;
       while (bson_iter_next(&a)) {
         const char *v = it_cstr(&a);
-        attrs = tw_xrealloc(attrs, (e->n_attrs + 1) * sizeof *attrs);
-        attrs[e->n_attrs++] = (tw_kv_t){(char *)bson_iter_key(&a), (char *)(v ? v : "")};
+        attrs = tw_xrealloc(attrs, (e.n_attrs + 1) * sizeof *attrs);
+        attrs[e.n_attrs++] = (tw_kv_t){bson_iter_key(&a), v ? v : ""};
       }
-      e->attrs = attrs;
+      e.attrs = attrs;
     }
   }
-  if (!e->source) e->source = "";
-  tw_entry_own(e);
+  tw_twin_timeline_add(t, &e);
   free(parts);
   free(attrs);
 }

@@ -7,10 +7,9 @@
 /* Finds or inserts (sorted) a source / metric / new timeline entry. */
 tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window);
 tw_metric_t *tw_telemetry_metric(tw_telemetry_t *tel, const char *name);
-tw_entry_t *tw_twin_timeline_add(tw_twin_t *t);
-/* Copies every string and array e points to (borrowed, e.g. from a decoded
- * message or a BSON document) into one new allocation that e then owns. */
-void tw_entry_own(tw_entry_t *e);
+/* Appends an entry made of in's texts (borrowed, e.g. from a decoded
+ * message or a BSON document), copied into the entry's one allocation. */
+tw_entry_t *tw_twin_timeline_add(tw_twin_t *t, const tw_entry_in_t *in);
 /* The same for an alert: rule, alert_id, message and unit (borrowed; NULL
  * reads as "") go into one allocation that a->rule points to the start of;
  * tw_alert_cleanup() frees it. */
