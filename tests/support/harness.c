@@ -136,8 +136,49 @@ static void sanitizer_check(const h_scenario_t *s) {
   if (system(cmd) == 0) fail_msg("sanitizer report in the logs above (%s)", s->logdir);
 }
 
+/* Deletes the scenario's topics and waits until the broker no longer lists
+ * them: a day of test runs against one local broker would otherwise leave
+ * it thousands of partitions, which slow it down (and every benchmark run
+ * on it). */
+static void delete_topics(const h_scenario_t *s) {
+  rd_kafka_t *rk = kafka_client(s);
+  const char *names[4] = {s->telemetry, s->lifecycle, s->dlq, s->alerts};
+  rd_kafka_DeleteTopic_t *dt[4];
+  for (int i = 0; i < 4; i++) dt[i] = rd_kafka_DeleteTopic_new(names[i]);
+  rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+  rd_kafka_DeleteTopics(rk, dt, 4, NULL, q);
+  rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+  if (!ev) fail_msg("DeleteTopics timed out");
+  size_t n;
+  const rd_kafka_topic_result_t **tr =
+      rd_kafka_DeleteTopics_result_topics(rd_kafka_event_DeleteTopics_result(ev), &n);
+  for (size_t i = 0; i < n; i++)
+    if (rd_kafka_topic_result_error(tr[i]) &&
+        rd_kafka_topic_result_error(tr[i]) != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+      fail_msg("delete topic %s: %s", rd_kafka_topic_result_name(tr[i]),
+               rd_kafka_topic_result_error_string(tr[i]));
+  rd_kafka_event_destroy(ev);
+  for (int i = 0; i < 4; i++) rd_kafka_DeleteTopic_destroy(dt[i]);
+  rd_kafka_queue_destroy(q);
+  int left = 4;
+  for (int attempt = 0; attempt < 100 && left; attempt++) {
+    const struct rd_kafka_metadata *md;
+    if (attempt) msleep(100);
+    if (rd_kafka_metadata(rk, 1, NULL, &md, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
+    left = 0;
+    for (int i = 0; i < md->topic_cnt; i++)
+      for (int k = 0; k < 4; k++)
+        if (strcmp(md->topics[i].topic, names[k]) == 0) left++;
+    rd_kafka_metadata_destroy(md);
+  }
+  rd_kafka_destroy(rk);
+  if (left)
+    fail_msg("%d of the scenario's topics (it.%s.*) still listed 10 s after deleting them", left, s->name);
+}
+
 void h_scenario_cleanup(h_scenario_t *s) {
   sanitizer_check(s);
+  delete_topics(s);
   mongoc_client_t *c = mongo(s);
   mongoc_database_t *db = mongoc_client_get_database(c, s->database);
   bson_error_t err;

@@ -34,7 +34,8 @@ typedef struct {
 
 /* Creates unique topics (partitions each) and names for one scenario. */
 void h_scenario_init(h_scenario_t *s, const char *name, int partitions);
-/* Deletes the scenario's database (topics are left; they are unique). */
+/* Deletes the scenario's topics and database (fails the test if the
+ * broker still lists the topics 10 s later). */
 void h_scenario_cleanup(h_scenario_t *s);
 
 /* Runs twin-sim with the scenario's topics, --record and --truth, plus the
