@@ -135,6 +135,8 @@ static void copy_to(char **p, const char *s, size_t n) {
   *p += n;
 }
 
+_Static_assert(sizeof(tw_entry_t) == 40, "a timeline entry's header is 40 bytes (see twin.h)");
+
 static tw_entry_t *entry_new(const tw_entry_in_t *in) {
   const char *text[TW_ET_COUNT];
   memcpy(text, in->text, sizeof text);
