@@ -41,14 +41,16 @@ static void msleep(int ms) {
 
 /* ---- Topics ---------------------------------------------------------------- */
 
-static rd_kafka_t *kafka_client(const h_scenario_t *s) {
+static rd_kafka_t *kafka_client_at(const char *bootstrap) {
   char err[512];
   rd_kafka_conf_t *c = rd_kafka_conf_new();
-  rd_kafka_conf_set(c, "bootstrap.servers", s->bootstrap, err, sizeof err);
+  rd_kafka_conf_set(c, "bootstrap.servers", bootstrap, err, sizeof err);
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
   if (!rk) fail_msg("kafka client: %s", err);
   return rk;
 }
+
+static rd_kafka_t *kafka_client(const h_scenario_t *s) { return kafka_client_at(s->bootstrap); }
 
 static void create_topics(const h_scenario_t *s) {
   rd_kafka_t *rk = kafka_client(s);
@@ -101,7 +103,7 @@ void h_scenario_init(h_scenario_t *s, const char *name, int partitions) {
   snprintf(s->group, sizeof s->group, "it-%s", s->name);
   snprintf(s->database, sizeof s->database, "it_%s", s->name);
   s->partitions = partitions;
-  s->bootstrap = env_or("TWIN_KAFKA_BOOTSTRAP", "127.0.0.1:9092");
+  s->bootstrap = s->topics_bootstrap = env_or("TWIN_KAFKA_BOOTSTRAP", "127.0.0.1:9092");
   s->mongo_uri = env_or("TWIN_MONGO_URI", "mongodb://127.0.0.1:27017");
   s->bin_dir = env_or("TWIN_BIN_DIR", "build/bin");
   s->source_dir = env_or("TWIN_SOURCE_DIR", ".");
@@ -141,7 +143,7 @@ static void sanitizer_check(const h_scenario_t *s) {
  * it thousands of partitions, which slow it down (and every benchmark run
  * on it). */
 static void delete_topics(const h_scenario_t *s) {
-  rd_kafka_t *rk = kafka_client(s);
+  rd_kafka_t *rk = kafka_client_at(s->topics_bootstrap);
   const char *names[4] = {s->telemetry, s->lifecycle, s->dlq, s->alerts};
   rd_kafka_DeleteTopic_t *dt[4];
   for (int i = 0; i < 4; i++) dt[i] = rd_kafka_DeleteTopic_new(names[i]);

@@ -24,6 +24,8 @@ typedef struct {
   char logdir[200], record[300], truth[300];
   int partitions;
   const char *bootstrap, *mongo_uri, *bin_dir, *source_dir;
+  const char *topics_bootstrap; /* where the topics were made: a test may point bootstrap elsewhere (a mock
+                                   cluster) */
 } h_scenario_t;
 
 typedef struct {
