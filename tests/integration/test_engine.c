@@ -276,6 +276,8 @@ static void test_refuses_bad_setup(void **state) {
   snprintf(cmd, sizeof cmd,
            "%s/twin-engine run --set snapshot.interval.ms=soon >/dev/null 2>&1; test $? -eq 2", s.bin_dir);
   assert_int_equal(system(cmd), 0);
+  h_scenario_cleanup(&s);
+  h_scenario_cleanup(&other);
 }
 
 /* Kafka prefetch limits: the engine's defaults split 500,000 messages and
