@@ -11,6 +11,9 @@
 # to skip: core memory e2e freshness recovery peer), BENCH_RATE (events/s
 # offered in the freshness / alert-latency phase; 100,000, quick 20,000),
 # BENCH_ENGINE_SET="key=value ..." (extra engine settings, every phase),
+# BENCH_SIM_NICE (niceness of twin-sim while it offers the fixed load in the
+# freshness / alert-latency phase, default 10, 0 = none: it stands in for
+# vehicles, which do not share the engine's cores),
 # TWIN_KAFKA_BOOTSTRAP,
 # TWIN_MONGO_URI (default: the local stack, started if needed).
 #
@@ -37,6 +40,9 @@ REPS=${BENCH_REPS:-3}
 PEER_REPS=${BENCH_PEER_REPS:-$REPS}
 SEED=${BENCH_SEED:-7}
 SKIP=" ${BENCH_SKIP:-} "
+SIM_NICE=${BENCH_SIM_NICE:-10}
+[[ $SIM_NICE =~ ^[0-9]{1,2}$ && $SIM_NICE -le 19 ]] ||
+  { echo "bench: BENCH_SIM_NICE must be a niceness from 0 to 19, not '$SIM_NICE'" >&2 && exit 2; }
 case $SCALE in
 full) PRODUCTS=100000 EVENTS=10000000 BIG_PRODUCTS=1000000 BIG_EVENTS=10000000 RATE=100000 RATE_S=30 ;;
 quick) PRODUCTS=10000 EVENTS=500000 BIG_PRODUCTS=100000 BIG_EVENTS=1000000 RATE=20000 RATE_S=15 ;;
@@ -364,10 +370,10 @@ phase_freshness() {
   say "4/6 freshness: $RATE events/s for $RATE_S s"
   topics "$fr" 12
   engine_start "$db" "bench-$RUN-fresh" "$fr.telemetry" "$fr.lifecycle" 2
-  "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" --brokers "$BROKERS" \
-    --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
+  nice -n "$SIM_NICE" "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" \
+    --brokers "$BROKERS" --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
   sleep 3
-  row "| freshness at $(num "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; twin-sim --rate $RATE --duration $RATE_S |"
+  row "| freshness at $(num "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; nice -n $SIM_NICE twin-sim --rate $RATE --duration $RATE_S |"
   row "| freshness: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s | $(metric_sum twin_alert_delay_seconds_count) alerts |"
   engine_stop TERM
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
@@ -382,16 +388,16 @@ phase_alert_latency() {
   topics "$fr" 12
   engine_start "$db" "bench-$RUN-alerts" "$fr.telemetry" "$fr.lifecycle" 2 \
     --set snapshot.interval.ms=600000 --set snapshot.max.dirty=10000000
-  "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" --brokers "$BROKERS" \
-    --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
+  nice -n "$SIM_NICE" "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" \
+    --brokers "$BROKERS" --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
   sent=$("$BIN/twin-bench-tool" count "$BROKERS" "$fr.telemetry" "$fr.lifecycle")
   for _ in $(seq 1 100); do
     [[ $(metric_sum twin_events_total 'outcome="consumed"') -ge $sent ]] && break
     sleep 0.2
   done
   sleep 2
-  row "| alert latency at $(num "$RATE") events/s offered, snapshots deferred: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s; $(le_share 0.05 twin_alert_delay_seconds) % within 50 ms | $(num "$(metric_sum twin_alert_delay_seconds_count)") alerts; $(num "$sent") events sent in $RATE_S s, $(num "$(metric_sum twin_events_total 'outcome="consumed"')") consumed; 2 shards; twin-sim --rate $RATE --duration $RATE_S |"
-  json "{\"bench\":\"alert_latency\",\"rate\":$RATE,\"seconds\":$RATE_S,\"sent\":$sent,\"alerts\":$(metric_sum twin_alert_delay_seconds_count),\"p50_s\":\"$(quantile 0.5 twin_alert_delay_seconds)\",\"p99_s\":\"$(quantile 0.99 twin_alert_delay_seconds)\",\"within_50ms_pct\":\"$(le_share 0.05 twin_alert_delay_seconds)\"}"
+  row "| alert latency at $(num "$RATE") events/s offered, snapshots deferred: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s; $(le_share 0.05 twin_alert_delay_seconds) % within 50 ms | $(num "$(metric_sum twin_alert_delay_seconds_count)") alerts; $(num "$sent") events sent in $RATE_S s, $(num "$(metric_sum twin_events_total 'outcome="consumed"')") consumed; 2 shards; nice -n $SIM_NICE twin-sim --rate $RATE --duration $RATE_S |"
+  json "{\"bench\":\"alert_latency\",\"rate\":$RATE,\"sim_nice\":$SIM_NICE,\"seconds\":$RATE_S,\"sent\":$sent,\"alerts\":$(metric_sum twin_alert_delay_seconds_count),\"p50_s\":\"$(quantile 0.5 twin_alert_delay_seconds)\",\"p99_s\":\"$(quantile 0.99 twin_alert_delay_seconds)\",\"within_50ms_pct\":\"$(le_share 0.05 twin_alert_delay_seconds)\"}"
   engine_stop KILL
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
 }
@@ -424,7 +430,7 @@ write_results() {
   {
     echo "# twin-engine benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(hostname)"
     echo
-    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"}${BENCH_RATE:+ BENCH_RATE=$BENCH_RATE}${BENCH_ENGINE_SET:+ BENCH_ENGINE_SET=\"$BENCH_ENGINE_SET\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
+    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"}${BENCH_RATE:+ BENCH_RATE=$BENCH_RATE}${BENCH_SIM_NICE:+ BENCH_SIM_NICE=$BENCH_SIM_NICE}${BENCH_ENGINE_SET:+ BENCH_ENGINE_SET=\"$BENCH_ENGINE_SET\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
     echo
     echo "| what | result | how |"
     echo "|---|---|---|"
