@@ -227,16 +227,21 @@ static bool cooperative(rd_kafka_t *consumer) {
 }
 
 /* The malloc in use: jemalloc when the build linked it (CMakeLists.txt,
- * TWIN_JEMALLOC), else the C library's. Found by jemalloc's mallctl(). */
+ * TWIN_JEMALLOC), else the C library's. Found by jemalloc's mallctl(); with
+ * jemalloc, also the oversize threshold in effect (main.c, malloc_conf). */
 static void log_allocator(void) {
   int (*mallctl)(const char *, void *, size_t *, void *, size_t) =
       (int (*)(const char *, void *, size_t *, void *, size_t))dlsym(RTLD_DEFAULT, "mallctl");
   const char *version = NULL;
-  size_t len = sizeof version;
-  if (mallctl && mallctl("version", &version, &len, NULL, 0) == 0 && version)
-    TW_INFO("engine", "memory allocator: jemalloc %s", version);
-  else
+  size_t len = sizeof version, oversize = 0, olen = sizeof oversize;
+  if (mallctl && mallctl("version", &version, &len, NULL, 0) == 0 && version) {
+    if (mallctl("opt.oversize_threshold", &oversize, &olen, NULL, 0) == 0)
+      TW_INFO("engine", "memory allocator: jemalloc %s (oversize_threshold %zu)", version, oversize);
+    else
+      TW_INFO("engine", "memory allocator: jemalloc %s", version);
+  } else {
     TW_INFO("engine", "memory allocator: libc malloc");
+  }
 }
 
 /* ---- Kafka configuration --------------------------------------------------- */

@@ -12,6 +12,17 @@
 
 extern char **environ;
 
+#if TWIN_ENGINE_JEMALLOC
+/* jemalloc's options built in (MALLOC_CONF in the environment still wins).
+ * oversize_threshold:0 - no separate arena for allocations of 8 MiB and up.
+ * That arena hands freed memory back to the kernel at once, and librdkafka's
+ * fetch responses (up to 1 MiB per partition, a dozen partitions a request)
+ * are such allocations: every response faulted its pages in afresh, half of
+ * the engine's page faults on a backlog and 4 % of its CPU time, in
+ * librdkafka's fetch thread (README, Benchmarks). */
+const char *malloc_conf = "oversize_threshold:0";
+#endif
+
 static void usage(FILE *out) {
   fprintf(out, "usage: twin-engine run [--config FILE] [--set KEY=VALUE]...\n"
                "       twin-engine check-config [--config FILE] [--set KEY=VALUE]...\n"
