@@ -194,8 +194,9 @@ topics() {
     "$n.telemetry.alerts:$p"
 }
 
-stats() { # stats VALUES...: min median max of numbers
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%s %s %s\n", v[1], v[int((NR + 1) / 2)], v[NR] }'
+stats() { # stats VALUES...: min median max of numbers (an even count's median: the middle two's mean)
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s %s %s\n", v[1], m, v[NR] }'
 }
 
 # ---- 1. reducer core ----------------------------------------------------------------
@@ -430,7 +431,7 @@ write_results() {
   {
     echo "# twin-engine benchmarks, $(date -u +%Y-%m-%dT%H:%MZ), $(hostname)"
     echo
-    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"}${BENCH_RATE:+ BENCH_RATE=$BENCH_RATE}${BENCH_SIM_NICE:+ BENCH_SIM_NICE=$BENCH_SIM_NICE}${BENCH_ENGINE_SET:+ BENCH_ENGINE_SET=\"$BENCH_ENGINE_SET\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
+    echo "Command: \`BENCH_SCALE=$SCALE BENCH_REPS=$REPS${BENCH_PEER_REPS:+ BENCH_PEER_REPS=$BENCH_PEER_REPS} BENCH_SEED=$SEED${BENCH_SKIP:+ BENCH_SKIP=\"$BENCH_SKIP\"}${BENCH_RATE:+ BENCH_RATE=$BENCH_RATE}${BENCH_SIM_NICE:+ BENCH_SIM_NICE=$BENCH_SIM_NICE}${BENCH_ENGINE_SET:+ BENCH_ENGINE_SET=\"$BENCH_ENGINE_SET\"} bench/run.sh\`; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); Kafka and the database ($SERVER) on the same machine; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); built from git $RUN_GIT."
     echo
     echo "| what | result | how |"
     echo "|---|---|---|"
