@@ -366,15 +366,22 @@ phase_recovery() {
 }
 
 # ---- 4. freshness at a fixed offered load -------------------------------------------------
+# offer_load TOPIC_PREFIX: twin-sim offers $RATE events/s for $RATE_S s at
+# niceness $SIM_NICE (OFFERED says so in a row).
+OFFERED="nice -n $SIM_NICE twin-sim --rate $RATE --duration $RATE_S"
+offer_load() {
+  nice -n "$SIM_NICE" "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" \
+    --brokers "$BROKERS" --telemetry-topic "$1.telemetry" --lifecycle-topic "$1.lifecycle" --quiet
+}
+
 phase_freshness() {
   local fr=bench.$RUN.fresh db="bench_${RUN}_fresh"
   say "4/6 freshness: $RATE events/s for $RATE_S s"
   topics "$fr" 12
   engine_start "$db" "bench-$RUN-fresh" "$fr.telemetry" "$fr.lifecycle" 2
-  nice -n "$SIM_NICE" "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" \
-    --brokers "$BROKERS" --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
+  offer_load "$fr"
   sleep 3
-  row "| freshness at $(num "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; nice -n $SIM_NICE twin-sim --rate $RATE --duration $RATE_S |"
+  row "| freshness at $(num "$RATE") events/s: applied -> snapshot acknowledged | p50 $(quantile 0.5 twin_snapshot_delay_seconds) s, p99 $(quantile 0.99 twin_snapshot_delay_seconds) s | snapshot.interval.ms=1000; $OFFERED |"
   row "| freshness: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s | $(metric_sum twin_alert_delay_seconds_count) alerts |"
   engine_stop TERM
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
@@ -389,15 +396,14 @@ phase_alert_latency() {
   topics "$fr" 12
   engine_start "$db" "bench-$RUN-alerts" "$fr.telemetry" "$fr.lifecycle" 2 \
     --set snapshot.interval.ms=600000 --set snapshot.max.dirty=10000000
-  nice -n "$SIM_NICE" "$BIN/twin-sim" --seed "$SEED" --products "$PRODUCTS" --rate "$RATE" --duration "$RATE_S" \
-    --brokers "$BROKERS" --telemetry-topic "$fr.telemetry" --lifecycle-topic "$fr.lifecycle" --quiet
+  offer_load "$fr"
   sent=$("$BIN/twin-bench-tool" count "$BROKERS" "$fr.telemetry" "$fr.lifecycle")
   for _ in $(seq 1 100); do
     [[ $(metric_sum twin_events_total 'outcome="consumed"') -ge $sent ]] && break
     sleep 0.2
   done
   sleep 2
-  row "| alert latency at $(num "$RATE") events/s offered, snapshots deferred: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s; $(le_share 0.05 twin_alert_delay_seconds) % within 50 ms | $(num "$(metric_sum twin_alert_delay_seconds_count)") alerts; $(num "$sent") events sent in $RATE_S s, $(num "$(metric_sum twin_events_total 'outcome="consumed"')") consumed; 2 shards; nice -n $SIM_NICE twin-sim --rate $RATE --duration $RATE_S |"
+  row "| alert latency at $(num "$RATE") events/s offered, snapshots deferred: consumed -> alert acknowledged by Kafka | p50 $(quantile 0.5 twin_alert_delay_seconds) s, p99 $(quantile 0.99 twin_alert_delay_seconds) s; $(le_share 0.05 twin_alert_delay_seconds) % within 50 ms | $(num "$(metric_sum twin_alert_delay_seconds_count)") alerts; $(num "$sent") events sent in $RATE_S s, $(num "$(metric_sum twin_events_total 'outcome="consumed"')") consumed; 2 shards; $OFFERED |"
   json "{\"bench\":\"alert_latency\",\"rate\":$RATE,\"sim_nice\":$SIM_NICE,\"seconds\":$RATE_S,\"sent\":$sent,\"alerts\":$(metric_sum twin_alert_delay_seconds_count),\"p50_s\":\"$(quantile 0.5 twin_alert_delay_seconds)\",\"p99_s\":\"$(quantile 0.99 twin_alert_delay_seconds)\",\"within_50ms_pct\":\"$(le_share 0.05 twin_alert_delay_seconds)\"}"
   engine_stop KILL
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
