@@ -1128,10 +1128,11 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
     bool active;
     int pos = alert_find(t, r->id, &active);
     int hit;
-    msg_ctx_t c = {.r = r, .t = t};
+    msg_ctx_t c; /* set once a message may be needed: most evaluations change nothing */
     char msg[MSG_MAX];
     if (!active) {
       if (!eval(r, r->cond, t, &hit)) continue;
+      c = (msg_ctx_t){.r = r, .t = t};
       if (hit < 0) hit = first_defined_leaf(r, t);
       leaf_report(r, hit, t, &c);
       render(&c, &r->message, msg, sizeof msg);
@@ -1181,6 +1182,7 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
       clear = eval(r, r->clear, t, &hit);
     else
       clear = !eval(r, r->cond, t, &hit);
+    c = (msg_ctx_t){.r = r, .t = t};
     leaf_report(r, a->leaf, t, &c);
     if (!clear) {
       /* Still active: keep the reported value and prediction current. */
