@@ -253,6 +253,50 @@ static void test_rebalance(void **state) {
   h_scenario_cleanup(&s);
 }
 
+/* Static membership (kafka.group.instance.id): an instance restarted after
+ * kill -9 gets its partitions back at once, not after the dead member's
+ * session times out (45 s here); a second instance with the same id fences
+ * the first, which stops (exit 3) and says why. The end state is exact. */
+static void test_static_membership(void **state) {
+  (void)state;
+  h_scenario_t s;
+  h_scenario_init(&s, "static", 4);
+  const char *sim[] = {"--seed", "17",           "--products", "500",     "--events",
+                       "60000",  "--duplicates", "0.01",       "--quiet", NULL};
+  h_run_sim(&s, sim);
+  char id[200], log_b[300];
+  snprintf(id, sizeof id, "kafka.group.instance.id=%s-1", s.group);
+  const char *set[] = {id, "kafka.session.timeout.ms=45000", "snapshot.interval.ms=300", NULL};
+  pid_t a = h_engine_start(&s, 2, set);
+  assert_true(h_wait_engine_log(" to shard ", 60));
+  assert_true(h_wait_engine_log("as static member", 5));
+  msleep(rnd(200, 2000));
+  h_engine_stop(a, SIGKILL);
+
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  snprintf(log_b, sizeof log_b, "%s/engine-static-b.log", s.logdir);
+  pid_t b = h_engine_start_log(&s, 2, set, log_b);
+  /* Without static membership the group would wait for the killed member's
+   * 45-s session to run out before it assigns anything. */
+  if (!h_wait_engine_log(" to shard ", 20))
+    fail_msg("the restarted static member had no partitions after 20 s");
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  fprintf(stderr, "[test] restarted static member assigned after %lld ms\n",
+          (long long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+
+  pid_t c = h_engine_start(&s, 2, set);
+  assert_int_equal(h_engine_stop(b, 0), 3); /* fenced: exits by itself */
+  char *text = h_slurp(log_b);
+  assert_non_null(text);
+  assert_non_null(strstr(text, "kafka.group.instance.id must be unique per instance"));
+  free(text);
+  assert_true(h_wait_caught_up(&s, 120));
+  assert_int_equal(h_engine_stop(c, SIGTERM), 0);
+  expect_exact(&s);
+  h_scenario_cleanup(&s);
+}
+
 /* Start-up refusals: topics that are not co-partitioned, a bad setting. */
 static void test_refuses_bad_setup(void **state) {
   (void)state;
@@ -331,6 +375,7 @@ int main(void) {
       cmocka_unit_test(test_garbage_to_dlq),      cmocka_unit_test(test_crash_kill9),
       cmocka_unit_test(test_determinism_restart), cmocka_unit_test(test_rebalance),
       cmocka_unit_test(test_mongo_outage),        cmocka_unit_test(test_prefetch_limits),
+      cmocka_unit_test(test_static_membership),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mongoc_cleanup();

@@ -937,6 +937,29 @@ static void *shard_main(void *arg) {
   return NULL;
 }
 
+/* A fatal consumer error ends the consumer for good: librdkafka fetches and
+ * commits nothing more, so the engine would sit there consuming nothing.
+ * The one a configuration causes is FENCED_INSTANCE_ID: another instance
+ * joined the group with this one's kafka.group.instance.id and took over
+ * its partitions. Stop at once, as kill -9 would, without a flush: the
+ * partitions' owner resumes from the checkpoints, and this instance no
+ * longer owns what it would write. */
+static void consumer_fatal(engine_t *e) {
+  char why[512] = "";
+  rd_kafka_resp_err_t err = rd_kafka_fatal_error(e->consumer, why, sizeof why);
+  const char *id = tw_config_kafka(e->cfg, "group.instance.id");
+  if (err == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID)
+    TW_ERROR("engine",
+             "another instance joined group %s with this instance's kafka.group.instance.id (%s) and Kafka "
+             "fenced this one (%s); stopping without a checkpoint. kafka.group.instance.id must be unique "
+             "per instance",
+             e->group, id ? id : "?", why);
+  else
+    TW_ERROR("engine", "the Kafka consumer failed for good (%s: %s); stopping without a checkpoint",
+             rd_kafka_err2name(err), why);
+  _exit(3);
+}
+
 /* ---- Rebalance ------------------------------------------------------------- */
 
 static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
@@ -1481,13 +1504,16 @@ int tw_engine_run(const tw_config_t *cfg) {
   } else if (serr) {
     TW_ERROR("engine", "cannot subscribe: %s", rd_kafka_err2str(serr));
   } else {
-    TW_INFO("engine", "running: %d shards, %d partitions per topic, group %s, MongoDB database %s",
-            e.n_shards, e.n_partitions, e.group, cfg->mongo_database);
+    const char *instance_id = tw_config_kafka(cfg, "group.instance.id");
+    TW_INFO("engine", "running: %d shards, %d partitions per topic, group %s%s%s, MongoDB database %s",
+            e.n_shards, e.n_partitions, e.group, instance_id ? " as static member " : "",
+            instance_id ? instance_id : "", cfg->mongo_database);
     uint64_t last = 0;
     int64_t last_ms = tw_mono_ms(), last_log = last_ms;
     while (!g_stop) {
       rd_kafka_message_t *m = rd_kafka_consumer_poll(e.consumer, 200);
       if (m) {
+        if (m->err == RD_KAFKA_RESP_ERR__FATAL) consumer_fatal(&e);
         if (m->err)
           TW_WARN("engine", "consumer: %s", rd_kafka_message_errstr(m));
         else
