@@ -283,6 +283,14 @@ typedef struct tw_twin {
    * e.g. a new or loaded twin, so every rule runs next time). */
   uint32_t rule_inputs;
   uint64_t rules_gen;
+  /* Set by the rules: no rule that reads the twin's time or its odometer
+   * can raise an alert while last_event_ms stays below rules_wake_s
+   * seconds and the odometer reading below rules_wake_km, unless another
+   * of its inputs changes; an event that moves only those two skips them
+   * (rules.c, hold_wake). Both rounded down; 0: not known, e.g. a new or
+   * loaded twin. */
+  uint32_t rules_wake_s;
+  float rules_wake_km;
   tw_service_t last_service;
   int64_t last_brake_service_ms; /* 0 = never */
   int64_t delivered_ms;

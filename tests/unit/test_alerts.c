@@ -438,7 +438,8 @@ static void test_utoa(void **state) {
 /* ---- Only the rules an event can affect ------------------------------------ *
  *
  * tw_apply_event() evaluates a rule only when the event changed a class of
- * inputs it reads (tw_rules_reads()). A whole twin-sim stream, replayed so
+ * inputs it reads (tw_rules_reads()), and a rule on the twin's time or
+ * odometer only once these have reached the point where it could hold. A whole twin-sim stream, replayed so
  * and with every rule on every accepted event (tw_reduce() + tw_rules_eval(),
  * what tw_apply_event() did before), must give byte-identical twins and the
  * same alerts, byte for byte, in the same order. */
@@ -467,6 +468,11 @@ static const tw_rule_spec_t SKIP_RULES[] = {
      .clear = "brake_pad_mm.days_to_limit > 500",
      .limit = "5",
      .message = "{predicted_date} {predicted_km} {value}"},
+    /* Bounded by both the reading and the time (rules.c, hold_wake). */
+    {.id = "x_odo_days",
+     .condition = "odometer_km >= 20000 and service.days_since > 100",
+     .clear = "odometer_km < 10",
+     .message = "{odometer_km} km, {service.days_since} days"},
     {.id = "x_dtc2", .condition = "dtc.count >= 2", .clear = "dtc.count == 0"},
     {.id = "x_recalls", .condition = "recalls.open >= 1 and stage != IN_SERVICE"},
     {.id = "x_dealer", .condition = "stage == AT_DEALER"},
@@ -498,6 +504,7 @@ static void test_rule_reads(void **state) {
                    TW_SIG_STAGE | TW_SIG_SERVICE | TW_SIG_TIME | TW_SIG_SCALAR(TW_F_ODOMETER_KM));
   assert_int_equal(reads_of(r, "x_coolant"), TW_SIG_METRICS);
   assert_int_equal(reads_of(r, "x_tires"), TW_SIG_TIRES);
+  assert_int_equal(reads_of(r, "x_odo_days"), TW_SIG_SCALAR(TW_F_ODOMETER_KM) | TW_SIG_SERVICE | TW_SIG_TIME);
   assert_int_equal(reads_of(r, "x_dealer"), TW_SIG_STAGE);
   assert_int_equal(reads_of(r, "x_overlap"), TW_SIG_ALL);
   assert_int_equal(reads_of(r, "x_stage_or"), TW_SIG_ALL);

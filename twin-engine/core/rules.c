@@ -512,6 +512,76 @@ static bool eval(const rule_t *r, const node_t *n, const tw_twin_t *t, int *hit)
   return false;
 }
 
+/* ---- Which rules cannot raise yet ----------------------------------------- *
+ *
+ * service_due and brake_wear_predicted read the twin's time, which nearly
+ * every event moves, and service_due also reads the odometer, which nearly
+ * every telemetry report moves. Both were evaluated on every event, and
+ * almost always did not hold. A condition that does not hold can only come
+ * to hold through one of its comparisons; on the time and the odometer that
+ * happens at a computable point: service.days_since grows with the time
+ * (clamped at 0) and days_to_limit shrinks with it (the predicted date
+ * depends on the wear fit alone), service.km_since and odometer_km grow
+ * with the reading (which may also go down: only an upward crossing is
+ * bounded). Whether the time signals have a value does not depend on the
+ * time; the odometer ones may get one with a first reading (not bounded). */
+
+/* A condition that does not hold cannot while last_event_ms < ms and the
+ * odometer reading < km (no reading counts as -inf). */
+typedef struct {
+  int64_t ms;
+  double km;
+} wake_t;
+
+#define WAKE_HOLDS ((wake_t){INT64_MIN, -INFINITY}) /* it holds now */
+#define WAKE_NEVER ((wake_t){INT64_MAX, INFINITY})  /* not while only time and reading move */
+
+static bool wake_holds(wake_t w) { return w.ms == INT64_MIN; }
+
+/* Both bounds: where neither of two conditions can hold. */
+static wake_t wake_min(wake_t a, wake_t b) {
+  return (wake_t){a.ms < b.ms ? a.ms : b.ms, a.km < b.km ? a.km : b.km};
+}
+
+/* Whether n holds at the twin's now (exactly when eval() is true), and if
+ * not, bounds below which it cannot hold. Not known: the current time, which
+ * any event that moves the time passes. */
+static wake_t hold_wake(const rule_t *r, const node_t *n, const tw_twin_t *t) {
+  wake_t unknown = {t->last_event_ms, -INFINITY}, wa, wb;
+  double v;
+  switch (n->kind) {
+  case N_OR:
+    if (wake_holds(wa = hold_wake(r, n->a, t))) return wa;
+    if (wake_holds(wb = hold_wake(r, n->b, t))) return wb;
+    return wake_min(wa, wb);
+  case N_AND: /* both must hold: either's bounds will do */
+    wa = hold_wake(r, n->a, t);
+    if (wa.ms == INT64_MAX && wa.km == INFINITY) return wa;
+    wb = hold_wake(r, n->b, t);
+    if (wake_holds(wa) || wake_holds(wb)) return wake_holds(wa) ? wb : wa;
+    return wa.ms >= wb.ms ? wa : wb;
+  case N_STAGE: return (t->stage == n->st) == (n->op == OP_EQ) ? WAKE_HOLDS : WAKE_NEVER;
+  case N_CMP: {
+    bool odo = n->sig == TW_F_ODOMETER_KM || n->sig == S_SVC_KM;
+    if (!signal_value(r, n->sig, n->metric, t, &v)) return odo ? unknown : WAKE_NEVER; /* a first reading */
+    if (compare(n->op, v, n->num)) return WAKE_HOLDS;
+    if (!odo && n->sig != S_SVC_DAYS && n->sig != S_PAD_DAYS) return WAKE_NEVER;
+    if (n->op == OP_EQ || n->op == OP_NE || fabs(n->num) > 1e9 || fabs(v) > 1e9) return unknown;
+    bool rises = n->sig != S_PAD_DAYS, upward = n->op == OP_GT || n->op == OP_GE;
+    if (rises != upward) return odo ? unknown : WAKE_NEVER; /* a reading may also go down */
+    /* The distance to the threshold, less a margin far above rounding. */
+    double gap = rises ? n->num - v : v - n->num;
+    if (odo) {
+      double km = tw_twin_tel(t)->scalars[TW_F_ODOMETER_KM].value + gap - 1e-6 * (1 + fabs(n->num));
+      return (wake_t){INT64_MAX, km};
+    }
+    double ms = (double)t->last_event_ms + gap * DAY_MS - 2.0;
+    return (wake_t){ms < 9.0e18 ? (int64_t)ms : INT64_MAX, INFINITY};
+  }
+  }
+  return unknown;
+}
+
 static void collect_leaves(rule_t *r, node_t *n) {
   if (!n) return;
   if (n->kind == N_CMP) r->leaves[n->leaf] = n;
@@ -1122,15 +1192,37 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
   size_t transitions = 0;
   t->rule_inputs = 0;
   t->rules_gen = rs->gen;
+  /* Rules that read the time or the odometer and cannot raise below the
+   * twin's bounds are skipped while nothing else they read changes; the
+   * new bounds are where none of them can (a skipped rule's own bounds are
+   * at least the old ones). */
+  const uint32_t moving = TW_SIG_TIME | TW_SIG_SCALAR(TW_F_ODOMETER_KM);
+  const tw_scalar_t *odo = &tw_twin_tel(t)->scalars[TW_F_ODOMETER_KM];
+  wake_t old = {t->rules_wake_s == UINT32_MAX ? INT64_MAX : (int64_t)t->rules_wake_s * 1000,
+                t->rules_wake_km},
+         wake = WAKE_NEVER;
+  bool asleep = t->last_event_ms < old.ms && (tw_stamp_set(&odo->st) ? odo->value : -INFINITY) < old.km;
   for (size_t i = 0; i < rs->n; i++) {
     const rule_t *r = &rs->v[i];
-    if (!(r->reads & changed)) continue;
+    bool bounded = r->reads & moving;
+    if (!(r->reads & changed)) {
+      if (bounded) wake = wake_min(wake, old);
+      continue;
+    }
     bool active;
     int pos = alert_find(t, r->id, &active);
     int hit;
     msg_ctx_t c; /* set once a message may be needed: most evaluations change nothing */
     char msg[MSG_MAX];
     if (!active) {
+      if (bounded) {
+        wake_t w = old;
+        if (!asleep || (r->reads & changed & ~moving)) w = hold_wake(r, r->cond, t);
+        if (!wake_holds(w)) {
+          wake = wake_min(wake, w);
+          continue;
+        }
+      }
       if (!eval(r, r->cond, t, &hit)) continue;
       c = (msg_ctx_t){.r = r, .t = t};
       if (hit < 0) hit = first_defined_leaf(r, t);
@@ -1206,6 +1298,12 @@ static size_t rules_eval(const tw_rules_t *rs, tw_twin_t *t, const tw_rule_event
     tw_alert_cleanup(a);
     memmove(&t->alerts[pos], &t->alerts[pos + 1], (t->n_alerts - (uint32_t)pos - 1) * sizeof *t->alerts);
     t->n_alerts--;
+    if (bounded) wake = WAKE_HOLDS; /* its bounds are not known: the next event evaluates it */
   }
+  /* Rounded down, so the stored bounds are never above the computed ones
+   * (event times end before 2100, below UINT32_MAX seconds). */
+  t->rules_wake_s = wake.ms <= 0 ? 0 : wake.ms / 1000 >= UINT32_MAX ? UINT32_MAX : (uint32_t)(wake.ms / 1000);
+  float km = (float)wake.km;
+  t->rules_wake_km = (double)km > wake.km ? nextafterf(km, -INFINITY) : km;
   return transitions;
 }
