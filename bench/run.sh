@@ -382,6 +382,12 @@ phase_recovery() {
     fi
     engine_stop KILL
   done
+  # FerretDB goes on with the killed engines' lazy loads, each a scan of every
+  # twin (minutes at 1,000,000), and would answer the drop only after them:
+  # the local stack's FerretDB is restarted, which ends them.
+  if [[ $SERVER == ferretdb && -z ${TWIN_MONGO_URI:-} ]]; then
+    "$REPO/deploy/local/stack.sh" down ferretdb >/dev/null && "$REPO/deploy/local/stack.sh" up ferretdb >/dev/null
+  fi
   "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
 }
 
