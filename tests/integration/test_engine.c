@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,10 +287,22 @@ static void test_static_membership(void **state) {
           (long long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
 
   pid_t c = h_engine_start(&s, 2, set);
-  assert_int_equal(h_engine_stop(b, 0), 3); /* fenced: exits by itself */
+  int rc = h_engine_stop(b, 0); /* fenced: exits by itself */
   char *text = h_slurp(log_b);
   assert_non_null(text);
   assert_non_null(strstr(text, "kafka.group.instance.id must be unique per instance"));
+  /* Under ThreadSanitizer the _exit() that leaves the other threads running
+   * is reported as thread leaks, and TSan exits 66 instead: allowed when
+   * those are its only reports. */
+  int leaks = 0, others = 0;
+  for (const char *p = text; (p = strstr(p, "WARNING: ThreadSanitizer: ")); p++) {
+    if (strncmp(p + strlen("WARNING: ThreadSanitizer: "), "thread leak", 11) == 0)
+      leaks++;
+    else
+      others++;
+  }
+  if (!(rc == 3 || (rc == 66 && leaks > 0 && others == 0)))
+    fail_msg("the fenced engine exited %d, not 3 (log %s)", rc, log_b);
   free(text);
   assert_true(h_wait_caught_up(&s, 120));
   assert_int_equal(h_engine_stop(c, SIGTERM), 0);
