@@ -4,7 +4,6 @@
  *   twin-bench-tool delete BROKERS TOPIC...              delete topics
  *   twin-bench-tool count BROKERS TOPIC...               messages in the topics (sum of end - start)
  *   twin-bench-tool dropdb MONGO_URI DATABASE             drop a database
- *   twin-bench-tool twins MONGO_URI DATABASE              documents in DATABASE.twins
  *   twin-bench-tool server MONGO_URI DATABASE             "ferretdb" or "mongodb" (buildInfo)
  */
 #include <librdkafka/rdkafka.h>
@@ -118,18 +117,10 @@ static int mongo_cmd(const char *cmd, const char *uri, const char *db) {
     }
     bson_destroy(&c_cmd);
     bson_destroy(&reply);
-  } else if (strcmp(cmd, "dropdb") == 0) {
+  } else {
     mongoc_database_t *d = mongoc_client_get_database(c, db);
     if (!mongoc_database_drop(d, &err) && err.code != 26) rc = 1;
     mongoc_database_destroy(d);
-  } else {
-    mongoc_collection_t *col = mongoc_client_get_collection(c, db, "twins");
-    int64_t n = mongoc_collection_estimated_document_count(col, NULL, NULL, NULL, &err);
-    if (n < 0)
-      rc = 1;
-    else
-      printf("%lld\n", (long long)n);
-    mongoc_collection_destroy(col);
   }
   if (rc) fprintf(stderr, "twin-bench-tool: %s\n", err.message);
   mongoc_client_destroy(c);
@@ -138,12 +129,11 @@ static int mongo_cmd(const char *cmd, const char *uri, const char *db) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 4 &&
-      (strcmp(argv[1], "dropdb") == 0 || strcmp(argv[1], "twins") == 0 || strcmp(argv[1], "server") == 0))
+  if (argc == 4 && (strcmp(argv[1], "dropdb") == 0 || strcmp(argv[1], "server") == 0))
     return mongo_cmd(argv[1], argv[2], argv[3]);
   if (argc < 4) {
     fprintf(stderr, "usage: twin-bench-tool create|delete|count BROKERS TOPIC[:PARTITIONS]...\n"
-                    "       twin-bench-tool dropdb|twins|server MONGO_URI DATABASE\n");
+                    "       twin-bench-tool dropdb|server MONGO_URI DATABASE\n");
     return 2;
   }
   rd_kafka_t *rk = client(argv[2]);

@@ -439,10 +439,11 @@ static void test_utoa(void **state) {
  *
  * tw_apply_event() evaluates a rule only when the event changed a class of
  * inputs it reads (tw_rules_reads()), and a rule on the twin's time or
- * odometer only once these have reached the point where it could hold. A whole twin-sim stream, replayed so
- * and with every rule on every accepted event (tw_reduce() + tw_rules_eval(),
- * what tw_apply_event() did before), must give byte-identical twins and the
- * same alerts, byte for byte, in the same order. */
+ * odometer only once these have reached the point where it could hold. A
+ * whole twin-sim stream, replayed so and with every rule on every accepted
+ * event (tw_reduce() + tw_rules_eval(), what tw_apply_event() did before),
+ * must give byte-identical twins and the same alerts, byte for byte, in the
+ * same order. */
 
 /* Extra rules over every signal class, beside the built-ins. x_overlap and
  * x_stage_or may raise and clear on the same inputs: they run every time. */
