@@ -382,6 +382,33 @@ static void test_prefetch_limits(void **state) {
   h_scenario_cleanup(&s);
 }
 
+/* A backlog: librdkafka 2.0.2 stops fetching while a shard's queue holds
+ * queued.min.messages and, with every partition stopped, looks again only
+ * a second later. The engine wakes the fetcher when a shard's queue, after
+ * being half full, runs down to a quarter (twin_kafka_fetch_wakeups_total),
+ * and sends nothing once it keeps up. */
+static void test_fetch_wake(void **state) {
+  (void)state;
+  h_scenario_t s;
+  h_scenario_init(&s, "wake", 4);
+  const char *sim[] = {"--seed", "18", "--products", "1000", "--events", "200000", "--quiet", NULL};
+  h_run_sim(&s, sim);
+  /* One shard: all partitions stop together, as they do on a backlog with
+   * more shards (with two, the other shard's fetches often wake the thread). */
+  const char *set[] = {"kafka.queued.min.messages=20000", NULL};
+  pid_t e = h_engine_start(&s, 1, set);
+  assert_true(h_wait_caught_up(&s, 180));
+  msleep(1000);
+  double woke = h_engine_metric("twin_kafka_fetch_wakeups_total");
+  fprintf(stderr, "[test] 200,000 events with queued.min.messages=20000: %.0f fetcher wake-ups\n", woke);
+  if (woke < 1) fail_msg("the engine never woke the fetcher on a backlog of ten times its prefetch limit");
+  msleep(2000);
+  assert_true(h_engine_metric("twin_kafka_fetch_wakeups_total") == woke);
+  assert_int_equal(h_engine_stop(e, SIGTERM), 0);
+  expect_exact(&s);
+  h_scenario_cleanup(&s);
+}
+
 int main(void) {
   const char *seed = getenv("TWIN_TEST_SEED");
   g_seed = seed ? (unsigned)atoi(seed) : (unsigned)time(NULL);
@@ -394,7 +421,7 @@ int main(void) {
       cmocka_unit_test(test_garbage_to_dlq),      cmocka_unit_test(test_crash_kill9),
       cmocka_unit_test(test_determinism_restart), cmocka_unit_test(test_rebalance),
       cmocka_unit_test(test_mongo_outage),        cmocka_unit_test(test_prefetch_limits),
-      cmocka_unit_test(test_static_membership),
+      cmocka_unit_test(test_static_membership),   cmocka_unit_test(test_fetch_wake),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   mongoc_cleanup();

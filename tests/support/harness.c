@@ -1,9 +1,11 @@
 /* harness.c - see harness.h. */
 #include "harness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <librdkafka/rdkafka.h>
 #include <mongoc/mongoc.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -255,6 +258,43 @@ void h_sim_wait(const h_scenario_t *s, pid_t pid) {
 void h_run_sim(const h_scenario_t *s, const char *const *extra) { h_sim_wait(s, h_sim_start(s, extra)); }
 
 static char g_last_log[320];
+
+double h_engine_metric(const char *name) {
+  const char *mark = "listening on http://127.0.0.1:";
+  if (!h_wait_engine_log(mark, 60)) fail_msg("no '%s' line in %s", mark, g_last_log);
+  char *text = h_slurp(g_last_log);
+  assert_non_null(text);
+  int port = atoi(strstr(text, mark) + strlen(mark));
+  free(text);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+    fail_msg("cannot connect to the engine's port %d", port);
+  const char *req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req))
+    fail_msg("cannot send to port %d", port);
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap);
+  ssize_t r;
+  while ((r = recv(fd, buf + n, cap - n - 1, 0)) > 0)
+    if ((n += (size_t)r) + 2 > cap) buf = realloc(buf, cap *= 2);
+  buf[n] = '\0';
+  close(fd);
+  double sum = 0;
+  bool found = false;
+  size_t len = strlen(name);
+  for (const char *p = buf; (p = strstr(p, name)); p += len) {
+    if ((p != buf && p[-1] != '\n') || (p[len] != ' ' && p[len] != '{')) continue;
+    const char *v = strchr(p, ' ');
+    if (!v) break;
+    sum += strtod(v + 1, NULL);
+    found = true;
+  }
+  if (!found) fail_msg("the engine's /metrics has no %s:\n%.2000s", name, buf);
+  free(buf);
+  return sum;
+}
 
 bool h_wait_engine_log(const char *needle, int timeout_s) {
   char cmd[800];

@@ -84,6 +84,10 @@ int h_check_truth(const h_scenario_t *s);
 /* Reads the DLQ topic to its end: number of messages; every one must carry
  * twin.error and twin.origin.* headers (else counted in *bad_headers). */
 int64_t h_count_dlq(const h_scenario_t *s, int64_t *bad_headers);
+/* The sum of every sample of metric `name` on the last started engine's
+ * /metrics (its port read from the "listening on" line of its log); fails
+ * the test if the engine does not answer or has no such metric. */
+double h_engine_metric(const char *name);
 /* Runs deploy/local/stack.sh with args (e.g. "down", "ferretdb"). */
 int h_stack(const h_scenario_t *s, const char *cmd, const char *component);
 

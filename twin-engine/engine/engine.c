@@ -172,6 +172,7 @@ struct engine {
   int n_shards;
   int32_t n_partitions;
   _Atomic uint64_t dlq_failed;
+  _Atomic uint64_t fetch_wakeups; /* fetch_wake() requests sent */
   _Atomic bool shards_exit;
   _Atomic bool producer_exit; /* stops producer_main */
   /* For /metrics and /readyz, written by the threads that know. */
@@ -314,7 +315,7 @@ static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
     if (ok && !tw_config_kafka(cfg, "auto.offset.reset"))
       ok = kconf_set(kc, "auto.offset.reset", "earliest", "engine");
     /* Also the rebalance timeout: how long the group waits for a member that
-     * died mid-rebalance. The main thread polls every 200 ms, so only a
+     * died mid-rebalance. The main thread polls every 20 ms, so only a
      * rebalance callback's flush counts against it. */
     if (ok && !tw_config_kafka(cfg, "max.poll.interval.ms"))
       ok = kconf_set(kc, "max.poll.interval.ms", "60000", "engine");
@@ -1249,6 +1250,11 @@ static void http_metrics(void *ud, bson_string_t *o) {
               "Alerts and dead letters Kafka refused for good (logged each).");
   bson_string_append_printf(o, "twin_producer_delivery_failures_total %llu\n",
                             (unsigned long long)atomic_load(&e->dlq_failed));
+  metric_head(o, "twin_kafka_fetch_wakeups_total", "counter",
+              "Requests sent to wake librdkafka's fetcher when a shard's queue ran low after being half "
+              "full (a backlog).");
+  bson_string_append_printf(o, "twin_kafka_fetch_wakeups_total %llu\n",
+                            (unsigned long long)atomic_load(&e->fetch_wakeups));
 }
 
 static bool http_ready(void *ud, char *why, size_t cap) {
@@ -1278,13 +1284,56 @@ static void *health_main(void *arg) {
 
 /* Serves the producer's delivery reports as they arrive, so that an
  * alert's twin_alert_delay_seconds ends when Kafka acknowledged it, not
- * when the main loop next looked (it waits up to 200 ms on the consumer).
- * The shards' rd_kafka_flush() serves them too; dr_cb only touches atomics
- * and the log. */
+ * when the main loop next looked (it waits up to 20 ms on the consumer,
+ * longer while it wakes the fetcher or serves a rebalance). The shards'
+ * rd_kafka_flush() serves them too; dr_cb only touches atomics and the log. */
 static void *producer_main(void *arg) {
   engine_t *e = arg;
   while (!atomic_load(&e->producer_exit)) rd_kafka_poll(e->producer, 100);
   return NULL;
+}
+
+/* ---- Waking the fetcher ---------------------------------------------------- */
+
+typedef struct {
+  long min_msgs; /* queued.min.messages in effect (per shard queue) */
+  bool *armed;   /* per shard: its queue has been at least half full */
+} fetch_wake_t;
+
+/* librdkafka 2.0.2 stops fetching a partition while the queue it feeds (here
+ * its shard's queue) holds queued.min.messages, and decides again only when
+ * the thread of the partition's broker wakes up: on a response, on a request
+ * to send, or after a second with neither. Once every partition a broker
+ * leads is stopped, nothing wakes that thread, so a shard that applies its
+ * queue in a quarter of a second sits idle for the rest of the second
+ * (librdkafka 2.3 made that wait settable, fetch.queue.backoff.ms). Called by
+ * the main thread every 20 ms: when a shard's queue, after being at least
+ * half full, is down to a quarter, one ListOffsets request per leader broker
+ * of the assignment (rd_kafka_offsets_for_times) wakes those threads, and
+ * they fetch again before the shard runs dry. A shard that keeps up never
+ * has a half-full queue, so this sends nothing then. Only the message count
+ * is watched (librdkafka does not tell the bytes queued): where
+ * queued.max.messages.kbytes is reached first, the second's wait remains. */
+static void fetch_wake(engine_t *e, fetch_wake_t *w) {
+  bool wake = false;
+  for (int k = 0; k < e->n_shards; k++) {
+    long len = (long)rd_kafka_queue_length(e->shards[k].q);
+    if (len >= w->min_msgs / 2) {
+      w->armed[k] = true;
+    } else if (w->armed[k] && len < w->min_msgs / 4) {
+      w->armed[k] = false;
+      wake = true;
+    }
+  }
+  if (!wake) return;
+  rd_kafka_topic_partition_list_t *asg = NULL;
+  if (rd_kafka_assignment(e->consumer, &asg) == RD_KAFKA_RESP_ERR_NO_ERROR && asg && asg->cnt > 0) {
+    for (int i = 0; i < asg->cnt; i++) asg->elems[i].offset = RD_KAFKA_OFFSET_END; /* latest */
+    rd_kafka_resp_err_t err = rd_kafka_offsets_for_times(e->consumer, asg, 1000);
+    atomic_fetch_add(&e->fetch_wakeups, 1);
+    if (err) TW_DEBUG("engine", "fetch wake-up: %s", rd_kafka_err2str(err));
+  }
+  if (asg) rd_kafka_topic_partition_list_destroy(asg);
 }
 
 /* ---- Start-up checks ------------------------------------------------------- */
@@ -1447,6 +1496,7 @@ int tw_engine_run(const tw_config_t *cfg) {
     goto out_producer;
   }
   rd_kafka_poll_set_consumer(e.consumer);
+  long queued_min = 0; /* for fetch_wake() */
   {
     /* The limits in effect, read back from the consumer: they decide how
      * fast a shard catches up and how much memory that takes. */
@@ -1455,6 +1505,7 @@ int tw_engine_run(const tw_config_t *cfg) {
     const rd_kafka_conf_t *ec = rd_kafka_conf(e.consumer);
     rd_kafka_conf_get(ec, "queued.min.messages", qmin, &n1);
     rd_kafka_conf_get(ec, "queued.max.messages.kbytes", qkb, &n2);
+    queued_min = atol(qmin);
     bool set_min = tw_config_kafka(cfg, "queued.min.messages"),
          set_kb = tw_config_kafka(cfg, "queued.max.messages.kbytes");
     TW_INFO("engine",
@@ -1510,8 +1561,10 @@ int tw_engine_run(const tw_config_t *cfg) {
             instance_id ? instance_id : "", cfg->mongo_database);
     uint64_t last = 0;
     int64_t last_ms = tw_mono_ms(), last_log = last_ms;
+    fetch_wake_t wake = {.min_msgs = queued_min, .armed = tw_xcalloc((size_t)e.n_shards, sizeof(bool))};
     while (!g_stop) {
-      rd_kafka_message_t *m = rd_kafka_consumer_poll(e.consumer, 200);
+      rd_kafka_message_t *m = rd_kafka_consumer_poll(e.consumer, 20);
+      fetch_wake(&e, &wake);
       if (m) {
         if (m->err == RD_KAFKA_RESP_ERR__FATAL) consumer_fatal(&e);
         if (m->err)
@@ -1528,6 +1581,7 @@ int tw_engine_run(const tw_config_t *cfg) {
         last_log = tw_mono_ms();
       }
     }
+    free(wake.armed);
     TW_INFO("engine", "stopping: flushing every shard");
     rc = 0;
   }
