@@ -205,54 +205,6 @@ long long f_log_final_count(const char *log, const char *key) {
   return any ? sum : -1;
 }
 
-int f_engine_http_port(const char *log) {
-  FILE *f = fopen(log, "r");
-  if (!f) return 0;
-  char line[4096];
-  int port = 0;
-  while (fgets(line, sizeof line, f)) {
-    const char *p = strstr(line, "listening on http://127.0.0.1:");
-    if (p) port = atoi(p + strlen("listening on http://127.0.0.1:"));
-  }
-  fclose(f);
-  return port;
-}
-
-bool f_http_get(int port, const char *path, char *buf, size_t cap) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  struct timeval tv = {5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  char req[512];
-  int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-  bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n;
-  size_t len = 0;
-  ssize_t got;
-  while (ok && len + 1 < cap && (got = read(fd, buf + len, cap - 1 - len)) > 0) len += (size_t)got;
-  close(fd);
-  buf[len] = '\0';
-  const char *body = strstr(buf, "\r\n\r\n");
-  if (!ok || !body || strncmp(buf, "HTTP/1.", 7) != 0 || atoi(buf + 9) != 200) return false;
-  memmove(buf, body + 4, strlen(body + 4) + 1);
-  return true;
-}
-
-double f_metric_max(const char *body, const char *name) {
-  double max = -1;
-  size_t nl = strlen(name);
-  for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
-    if (strncmp(p, name, nl) != 0 || (p[nl] != '{' && p[nl] != ' ')) continue;
-    const char *sp = strchr(p, ' ');
-    const char *eol = strchr(p, '\n');
-    if (!sp || (eol && sp > eol)) continue;
-    double v = strtod(sp + 1, NULL);
-    if (v > max) max = v;
-  }
-  return max;
-}
-
 /* ---- Latency proxy ---------------------------------------------------------- */
 
 #define F_PROXY_MAX_CONNS 128

@@ -36,15 +36,6 @@ void f_finish(f_run_t *r, const h_scenario_t *s);
 /* Sums the "replayed=" counts of the engine's final stats lines in log. */
 long long f_log_final_count(const char *log, const char *key);
 
-/* The engine's HTTP port, from "listening on http://127.0.0.1:PORT" in its
- * log; 0 if not there (yet). */
-int f_engine_http_port(const char *log);
-/* GET http://127.0.0.1:port/path; the body (NUL-terminated) in buf. */
-bool f_http_get(int port, const char *path, char *buf, size_t cap);
-/* The largest value of a metric's samples in a Prometheus text body, -1 if
- * none. */
-double f_metric_max(const char *body, const char *name);
-
 /* A TCP proxy on 127.0.0.1 in front of a loopback server (FerretDB), which
  * makes it slow on demand: every chunk read from either side is passed on
  * delay_ms after it was read, so each request and each answer is late by

@@ -95,7 +95,7 @@ static void test_sigterm_during_flush(void **state) {
   f_msleep(f_rnd(0, 3000));
   ck = h_checkpoints_total(&s);
   assert_true(ck > 0);
-  int port = f_engine_http_port(log1);
+  int port = h_engine_http_port(log1);
   assert_true(port > 0);
   pid_t fdb = h_stack_pid(&s, "ferretdb");
   assert_true(fdb > 0);
@@ -107,16 +107,16 @@ static void test_sigterm_during_flush(void **state) {
    * with the fleet for a moment): then its next flush has work to do. */
   static char body[1 << 18];
   for (int i = 0; i < 600; i++) {
-    if (f_http_get(port, "/metrics", body, sizeof body) &&
-        f_metric_max(body, "twin_snapshot_staleness_seconds") > 0)
+    if (h_http_get(port, "/metrics", body, sizeof body) &&
+        h_metric_max(body, "twin_snapshot_staleness_seconds") > 0)
       break;
     f_msleep(50);
   }
   g_stopped = fdb;
   kill(fdb, SIGSTOP);
   f_msleep(2500);
-  double stale = f_http_get(port, "/metrics", body, sizeof body)
-                     ? f_metric_max(body, "twin_snapshot_staleness_seconds")
+  double stale = h_http_get(port, "/metrics", body, sizeof body)
+                     ? h_metric_max(body, "twin_snapshot_staleness_seconds")
                      : -1;
   kill(e, SIGTERM);
   f_msleep(1500);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -259,41 +260,52 @@ void h_run_sim(const h_scenario_t *s, const char *const *extra) { h_sim_wait(s, 
 
 static char g_last_log[320];
 
-double h_engine_metric(const char *name) {
-  const char *mark = "listening on http://127.0.0.1:";
-  if (!h_wait_engine_log(mark, 60)) fail_msg("no '%s' line in %s", mark, g_last_log);
-  char *text = h_slurp(g_last_log);
-  assert_non_null(text);
-  int port = atoi(strstr(text, mark) + strlen(mark));
-  free(text);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-    fail_msg("cannot connect to the engine's port %d", port);
-  const char *req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req))
-    fail_msg("cannot send to port %d", port);
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  ssize_t r;
-  while ((r = recv(fd, buf + n, cap - n - 1, 0)) > 0)
-    if ((n += (size_t)r) + 2 > cap) buf = realloc(buf, cap *= 2);
-  buf[n] = '\0';
-  close(fd);
-  double sum = 0;
-  bool found = false;
-  size_t len = strlen(name);
-  for (const char *p = buf; (p = strstr(p, name)); p += len) {
-    if ((p != buf && p[-1] != '\n') || (p[len] != ' ' && p[len] != '{')) continue;
-    const char *v = strchr(p, ' ');
-    if (!v) break;
-    sum += strtod(v + 1, NULL);
-    found = true;
+int h_engine_http_port(const char *log) {
+  FILE *f = fopen(log, "r");
+  if (!f) return 0;
+  char line[4096];
+  int port = 0;
+  while (fgets(line, sizeof line, f)) {
+    const char *p = strstr(line, "listening on http://127.0.0.1:");
+    if (p) port = atoi(p + strlen("listening on http://127.0.0.1:"));
   }
-  if (!found) fail_msg("the engine's /metrics has no %s:\n%.2000s", name, buf);
-  free(buf);
-  return sum;
+  fclose(f);
+  return port;
+}
+
+bool h_http_get(int port, const char *path, char *buf, size_t cap) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char req[512];
+  int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+  bool ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n;
+  size_t len = 0;
+  ssize_t got;
+  while (ok && len + 1 < cap && (got = read(fd, buf + len, cap - 1 - len)) > 0) len += (size_t)got;
+  close(fd);
+  buf[len] = '\0';
+  const char *body = strstr(buf, "\r\n\r\n");
+  if (!ok || !body || strncmp(buf, "HTTP/1.", 7) != 0 || atoi(buf + 9) != 200) return false;
+  memmove(buf, body + 4, strlen(body + 4) + 1);
+  return true;
+}
+
+double h_metric_max(const char *body, const char *name) {
+  double max = -1;
+  size_t nl = strlen(name);
+  for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+    if (strncmp(p, name, nl) != 0 || (p[nl] != '{' && p[nl] != ' ')) continue;
+    const char *sp = strchr(p, ' ');
+    const char *eol = strchr(p, '\n');
+    if (!sp || (eol && sp > eol)) continue;
+    double v = strtod(sp + 1, NULL);
+    if (v > max) max = v;
+  }
+  return max;
 }
 
 bool h_wait_engine_log(const char *needle, int timeout_s) {

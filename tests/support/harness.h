@@ -84,10 +84,14 @@ int h_check_truth(const h_scenario_t *s);
 /* Reads the DLQ topic to its end: number of messages; every one must carry
  * twin.error and twin.origin.* headers (else counted in *bad_headers). */
 int64_t h_count_dlq(const h_scenario_t *s, int64_t *bad_headers);
-/* The sum of every sample of metric `name` on the last started engine's
- * /metrics (its port read from the "listening on" line of its log); fails
- * the test if the engine does not answer or has no such metric. */
-double h_engine_metric(const char *name);
+/* The engine's HTTP port, from "listening on http://127.0.0.1:PORT" in its
+ * log; 0 if not there (yet). */
+int h_engine_http_port(const char *log);
+/* GET http://127.0.0.1:port/path; the body (NUL-terminated) in buf. */
+bool h_http_get(int port, const char *path, char *buf, size_t cap);
+/* The largest value of a metric's samples in a Prometheus text body, -1 if
+ * none. */
+double h_metric_max(const char *body, const char *name);
 /* Runs deploy/local/stack.sh with args (e.g. "down", "ferretdb"). */
 int h_stack(const h_scenario_t *s, const char *cmd, const char *component);
 
