@@ -399,9 +399,7 @@ static void test_fetch_wake(void **state) {
   pid_t e = h_engine_start(&s, 1, set);
   assert_true(h_wait_caught_up(&s, 180));
   static char body[1 << 18]; /* room for the whole of /metrics */
-  char log[300];
-  snprintf(log, sizeof log, "%s/engine-0.log", s.logdir);
-  int port = h_engine_http_port(log);
+  int port = h_engine_http_port(h_engine_log());
   assert_true(port > 0);
   msleep(1000);
   assert_true(h_http_get(port, "/metrics", body, sizeof body));

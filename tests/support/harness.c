@@ -260,6 +260,8 @@ void h_run_sim(const h_scenario_t *s, const char *const *extra) { h_sim_wait(s, 
 
 static char g_last_log[320];
 
+const char *h_engine_log(void) { return g_last_log; }
+
 int h_engine_http_port(const char *log) {
   FILE *f = fopen(log, "r");
   if (!f) return 0;

@@ -50,6 +50,8 @@ void h_sim_wait(const h_scenario_t *s, pid_t pid);
 /* Starts twin-engine for the scenario with extra --set pairs
  * ("key=value", NULL-terminated); its log goes to logdir/engine-<n>.log. */
 pid_t h_engine_start(const h_scenario_t *s, int shards, const char *const *extra);
+/* The path of the last started engine's log. */
+const char *h_engine_log(void);
 /* Waits until the last started engine's log contains needle. */
 bool h_wait_engine_log(const char *needle, int timeout_s);
 /* Sends sig and waits for the process; returns its exit status (-1 if
