@@ -7,6 +7,7 @@
  * what the timeline keeps) and that good events around it are applied.
  * tests/integration/test_bad_input.c sends the same cases through the real
  * broker and engine. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -438,16 +439,25 @@ static int teardown(void **state) {
 
 /* ---- Strings: the fast path's shortcut ------------------------------------ *
  *
- * The fast decoder skips the UTF-8, control-character and length checks
- * when every string is printable ASCII of at most TW_NAME_MAX bytes. Random
+ * The fast decoder vouches for the UTF-8, control-character, length, name
+ * and finite-number checks when every string is printable ASCII of at most
+ * TW_NAME_MAX bytes, every name is non-empty without '.' or a leading '$',
+ * and every double is finite, and the validator then skips them. Random
  * strings from an alphabet of the edge cases (NUL, controls, DEL, '.', '$',
- * multi-byte and broken UTF-8) at lengths around the limits, in every string
- * field: the arena path must give protobuf-c's verdict and reason. */
+ * multi-byte and broken UTF-8) at lengths around the limits (0: the field is
+ * left out), in every string field, and numbers that are now and then NaN or
+ * infinite: the arena path must give protobuf-c's verdict and reason. */
 
 static uint64_t g_x = 0x9e3779b97f4a7c15ULL;
 static uint32_t rnd32(void) {
   g_x ^= g_x << 13, g_x ^= g_x >> 7, g_x ^= g_x << 17;
   return (uint32_t)(g_x >> 16);
+}
+
+/* Mostly a plain number; now and then one the validator rejects. */
+static double rnd_num(void) {
+  static const double odd[] = {NAN, INFINITY, -INFINITY, -0.0, 1e308, 5e-324};
+  return rnd32() % 8 ? (double)(rnd32() % 1000) / 10.0 : odd[rnd32() % 6];
 }
 
 static char *rnd_str(char *buf, size_t cap) {
@@ -503,6 +513,7 @@ static void test_string_shortcut(void **state) {
     Twin__V1__LifecycleEvent__AttributesEntry ae = TWIN__V1__LIFECYCLE_EVENT__ATTRIBUTES_ENTRY__INIT,
                                               *ap = &ae;
     char *codes[2], *parts[2];
+    double wheels[4];
     /* Mostly valid identity, so the payload's strings get checked too. */
     env.product_id = rnd32() % 4 ? "VIN-STR" : rnd_str(b[k++], sizeof b[0]);
     env.source = rnd32() % 3 ? "tcu" : rnd_str(b[k++], sizeof b[0]);
@@ -520,13 +531,33 @@ static void test_string_shortcut(void **state) {
         tm.firmware_version = rnd_str(b[k++], sizeof b[0]);
       }
       tm.n_metrics = rnd32() % 3;
-      for (size_t j = 0; j < tm.n_metrics; j++)
+      for (size_t j = 0; j < tm.n_metrics; j++) {
         me[j].key = rnd32() % 2 ? (j ? "b" : "a") : rnd_str(b[k++], sizeof b[0]);
+        me[j].value = rnd_num();
+      }
       tm.metrics = mp;
+      /* Numbers too: the fast decoder also vouches for their finiteness. */
+      if (rnd32() % 2) {
+        tm._speed_kph_case = TWIN__V1__TELEMETRY___SPEED_KPH_SPEED_KPH;
+        tm.speed_kph = rnd_num();
+      }
+      if (rnd32() % 2) {
+        tm._range_km_case = TWIN__V1__TELEMETRY___RANGE_KM_RANGE_KM;
+        tm.range_km = rnd_num();
+      }
+      for (size_t j = 0; j < 4; j++) wheels[j] = rnd_num();
+      tm.n_tire_pressure_kpa = rnd32() % 2 ? 4 : 0;
+      tm.tire_pressure_kpa = wheels;
+      tm.n_brake_pad_mm = rnd32() % 2 ? 4 : 0;
+      tm.brake_pad_mm = wheels;
     } else {
       env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_LIFECYCLE;
       env.lifecycle = &lc;
       lc.kind = TWIN__V1__LIFECYCLE_KIND__SERVICE_VISIT;
+      if (rnd32() % 2) {
+        lc._odometer_km_case = TWIN__V1__LIFECYCLE_EVENT___ODOMETER_KM_ODOMETER_KM;
+        lc.odometer_km = rnd_num();
+      }
       char **fields[] = {&lc.site,      &lc.actor,    &lc.detail, &lc.work_order,
                          &lc.recall_id, &lc.owner_id, &lc.model};
       for (size_t j = 0; j < 7; j++)

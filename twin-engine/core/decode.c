@@ -4,6 +4,7 @@
 
 #include "twin/twin.h"
 
+#include <math.h>
 #include <string.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -65,41 +66,53 @@ static inline bool rd_len(rd_t *r, rd_t *sub) {
   return true;
 }
 
-static inline bool rd_double(rd_t *r, double *d) {
-  if (r->end - r->p < 8) return false;
-  memcpy(d, r->p, 8); /* little-endian on every platform we build for */
-  r->p += 8;
-  return true;
-}
-
-/* The decoder's state: where it allocates, and whether a string held a NUL
- * byte (protobuf-c's C strings would end there). */
+/* The decoder's state: where it allocates, whether a string held a NUL
+ * byte (protobuf-c's C strings would end there), and whether what it read
+ * so far passes the validator's per-byte and per-number checks (decode.h,
+ * *plain): found here while the bytes are in hand, so the validator need
+ * not walk them again. */
 typedef struct {
   tw_arena_t *a;
   bool nul;
-  bool plain; /* every string so far printable ASCII of at most TW_NAME_MAX bytes */
+  bool plain;
 } dec_t;
+
+/* A double, noting whether it is finite (exponent not all ones). */
+static inline bool rd_num(dec_t *d, rd_t *r, double *v) {
+  if (r->end - r->p < 8) return false;
+  uint64_t bits;
+  memcpy(&bits, r->p, 8); /* little-endian on every platform we build for */
+  memcpy(v, &bits, 8);
+  d->plain &= (bits & UINT64_C(0x7ff0000000000000)) != UINT64_C(0x7ff0000000000000);
+  r->p += 8;
+  return true;
+}
 
 /* Non-zero when a byte of w (ones: 0x01 in every byte of w's type) has the
  * high bit set or is below 0x20: the borrow trick is exact for "any byte
  * below n" with n <= 0x80. */
 #define BAD_BYTES(w, ones) (((w) & (ones)*0x80) | (((w) - (ones)*0x20) & ~(w) & (ones)*0x80))
 
+/* Non-zero when a byte of w is '.' (0x2e): a zero byte of w ^ '.'s, found
+ * with the same borrow trick, exact for "any". */
+#define DOT_BYTES(w, ones) ((((w) ^ (ones)*0x2e) - (ones)) & ~((w) ^ (ones)*0x2e) & (ones)*0x80)
+
 /* Copies the n bytes at src to dst and returns true when they are all
- * 0x20..0x7f: whole words, the last one overlapping the one before, so a
- * short string takes two loads and two stores and no call. */
-static bool copy_printable(char *dst, const uint8_t *src, size_t n) {
+ * 0x20..0x7f and, for a name (dots), none is '.': whole words, the last one
+ * overlapping the one before, so a short string takes two loads and two
+ * stores and no call. */
+static bool copy_printable(char *dst, const uint8_t *src, size_t n, bool dots) {
   if (n >= 8) {
     const uint64_t ones = UINT64_C(0x0101010101010101);
     uint64_t w, bad = 0;
     for (size_t i = 0; i + 8 < n; i += 8) {
       memcpy(&w, src + i, 8);
       memcpy(dst + i, &w, 8);
-      bad |= BAD_BYTES(w, ones);
+      bad |= BAD_BYTES(w, ones) | (dots ? DOT_BYTES(w, ones) : 0);
     }
     memcpy(&w, src + n - 8, 8);
     memcpy(dst + n - 8, &w, 8);
-    return !(bad | BAD_BYTES(w, ones));
+    return !(bad | BAD_BYTES(w, ones) | (dots ? DOT_BYTES(w, ones) : 0));
   }
   if (n >= 4) {
     const uint32_t ones = UINT32_C(0x01010101);
@@ -108,26 +121,35 @@ static bool copy_printable(char *dst, const uint8_t *src, size_t n) {
     memcpy(&b, src + n - 4, 4);
     memcpy(dst, &a, 4);
     memcpy(dst + n - 4, &b, 4);
-    return !(BAD_BYTES(a, ones) | BAD_BYTES(b, ones));
+    return !(BAD_BYTES(a, ones) | BAD_BYTES(b, ones) | (dots ? DOT_BYTES(a, ones) | DOT_BYTES(b, ones) : 0));
   }
   bool ok = true;
   for (size_t i = 0; i < n; i++) {
     dst[i] = (char)src[i];
-    ok &= src[i] >= 0x20 && src[i] < 0x80;
+    ok &= src[i] >= 0x20 && src[i] < 0x80 && !(dots && src[i] == '.');
   }
   return ok;
 }
 
-static char *str(dec_t *d, const rd_t *s) {
+/* A string field; a name (source, metric or attribute key: a document
+ * field name) must also be non-empty, without '.' and not start with '$'
+ * for the fast verdict to stand. */
+static char *str_of(dec_t *d, const rd_t *s, bool name) {
   size_t n = (size_t)(s->end - s->p);
   char *c = tw_arena_alloc(d->a, n + 1);
   c[n] = '\0';
-  if (n <= TW_NAME_MAX && copy_printable(c, s->p, n)) return c;
+  if (n <= TW_NAME_MAX && copy_printable(c, s->p, n, name)) {
+    if (name && (n == 0 || c[0] == '$')) d->plain = false;
+    return c;
+  }
   if (n > TW_NAME_MAX) memcpy(c, s->p, n); /* else copied already */
   d->plain = false;
   if (memchr(c, 0, n)) d->nul = true;
   return c;
 }
+
+static char *str(dec_t *d, const rd_t *s) { return str_of(d, s, false); }
+static char *name(dec_t *d, const rd_t *s) { return str_of(d, s, true); }
 
 /* Packed doubles; one occurrence only. */
 static bool packed_doubles(dec_t *d, const rd_t *s, size_t *n, double **v) {
@@ -137,6 +159,7 @@ static bool packed_doubles(dec_t *d, const rd_t *s, size_t *n, double **v) {
   if (*n) {
     *v = tw_arena_alloc(d->a, bytes);
     memcpy(*v, s->p, bytes);
+    for (size_t i = 0; i < *n; i++) d->plain &= isfinite((*v)[i]);
   }
   return true;
 }
@@ -176,14 +199,15 @@ static bool metrics_entry(dec_t *d, rd_t r, Twin__V1__Telemetry__MetricsEntry **
     if (f == 1 && wt == WT_LEN) {
       SEEN(1);
       if (!rd_len(&r, &s)) return false;
-      e->key = str(d, &s);
+      e->key = name(d, &s);
     } else if (f == 2 && wt == WT_I64) {
       SEEN(2);
-      if (!rd_double(&r, &e->value)) return false;
+      if (!rd_num(d, &r, &e->value)) return false;
     } else {
       return false;
     }
   }
+  if (!(seen & (1u << 1))) d->plain = false; /* no key: the empty name */
   *out = e;
   return true;
 }
@@ -197,8 +221,9 @@ static bool attributes_entry(dec_t *d, rd_t r, Twin__V1__LifecycleEvent__Attribu
     if (!rd_tag(&r, &f, &wt) || wt != WT_LEN || (f != 1 && f != 2)) return false;
     SEEN(f);
     if (!rd_len(&r, &s)) return false;
-    *(f == 1 ? &e->key : &e->value) = str(d, &s);
+    *(f == 1 ? &e->key : &e->value) = str_of(d, &s, f == 1);
   }
+  if (!(seen & (1u << 1))) d->plain = false; /* no key: the empty name */
   *out = e;
   return true;
 }
@@ -206,7 +231,7 @@ static bool attributes_entry(dec_t *d, rd_t r, Twin__V1__LifecycleEvent__Attribu
 /* Sets an optional double: the field's presence case is its number. */
 #define OPT_DOUBLE(num, name)                                   \
   case num:                                                     \
-    if (wt != WT_I64 || !rd_double(&r, &t->name)) return false; \
+    if (wt != WT_I64 || !rd_num(d, &r, &t->name)) return false; \
     t->_##name##_case = num;                                    \
     break
 
@@ -294,7 +319,7 @@ static bool lifecycle(dec_t *d, rd_t r, Twin__V1__LifecycleEvent **out) {
       if (wt != WT_VARINT || !rd_varint(&r, &v)) return false;
       l->kind = (Twin__V1__LifecycleKind)(int32_t)(uint32_t)v;
     } else if (f == 6) {
-      if (wt != WT_I64 || !rd_double(&r, &l->odometer_km)) return false;
+      if (wt != WT_I64 || !rd_num(d, &r, &l->odometer_km)) return false;
       l->_odometer_km_case = TWIN__V1__LIFECYCLE_EVENT___ODOMETER_KM_ODOMETER_KM;
     } else {
       if (wt != WT_LEN || !rd_len(&r, &s)) return false;
@@ -340,7 +365,7 @@ static bool envelope(dec_t *d, const uint8_t *data, size_t len, Twin__V1__Envelo
     case 2:
       SEEN(f);
       if (wt != WT_LEN || !rd_len(&r, &s)) return false;
-      *(f == 1 ? &e->product_id : &e->source) = str(d, &s);
+      *(f == 1 ? &e->product_id : &e->source) = str_of(d, &s, f == 2);
       break;
     case 3:
     case 4:
@@ -362,6 +387,7 @@ static bool envelope(dec_t *d, const uint8_t *data, size_t len, Twin__V1__Envelo
     default: return false;
     }
   }
+  if (!(seen & (1u << 2))) d->plain = false; /* no source: the empty name */
   *out = e;
   return true;
 }

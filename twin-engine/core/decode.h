@@ -28,9 +28,11 @@
  * live in the arena; with any other (NULL: malloc) protobuf-c decodes.
  * *nul, if given: 1 if a string field held a NUL byte (the C string stops
  * there), 0 if none did, -1 if not known (protobuf-c decoded).
- * *plain, if given: true when the fast path decoded and every string field
- * is printable ASCII (0x20..0x7f) of at most TW_NAME_MAX bytes, so the
- * validator's UTF-8, control-character and length checks pass by
+ * *plain, if given: true when the fast path decoded, every string field
+ * is printable ASCII (0x20..0x7f) of at most TW_NAME_MAX bytes, every name
+ * (source, metric and attribute keys) is non-empty, has no '.' and does not
+ * start with '$', and every double is finite: the validator's UTF-8,
+ * control-character, length, name and finite-number checks pass by
  * construction and may be skipped. */
 Twin__V1__Envelope *tw_envelope_unpack(ProtobufCAllocator *alloc, const uint8_t *data, size_t len, int *nul,
                                        bool *plain);

@@ -17,9 +17,10 @@
 #define TEXT_MAX 4096
 
 /* plain: the decoder found every string printable ASCII of at most
- * TW_NAME_MAX bytes (decode.h), so the UTF-8, control-character and length
- * checks hold; the others (empty, '.', '$', numbers) still run. The verdict
- * and the reason are the same either way (test_bad_input). */
+ * TW_NAME_MAX bytes, every name non-empty, without '.' and not starting
+ * with '$', and every double finite (decode.h), so those checks hold; the
+ * others (counts, kinds, seq, times, the key) still run. The verdict and
+ * the reason are the same either way (test_bad_input). */
 
 static bool utf8_ok(const char *s, size_t max, bool plain) {
   if (plain) return true;
@@ -29,7 +30,7 @@ static bool utf8_ok(const char *s, size_t max, bool plain) {
 
 /* A name used as a document field name: metric names, attribute keys. */
 static bool name_ok(const char *s, bool plain) {
-  if (plain) return s[0] && s[0] != '$' && !strchr(s, '.');
+  if (plain) return true;
   size_t n = strlen(s);
   if (n == 0 || n > TW_NAME_MAX || s[0] == '$' || strchr(s, '.')) return false;
   for (size_t i = 0; i < n; i++)
@@ -48,7 +49,7 @@ static bool text_field(const char *what, const char *s, bool plain, char *err, s
     if (!isfinite(v)) return tw_fail(err, cap, "telemetry.%s is not a finite number", name); \
   } while (0)
 
-static bool telemetry_ok(const Twin__V1__Telemetry *t, bool plain, char *err, size_t cap) {
+static bool scalars_ok(const Twin__V1__Telemetry *t, char *err, size_t cap) {
   if (t->_odometer_km_case) FINITE("odometer_km", t->odometer_km);
   if (t->_speed_kph_case) FINITE("speed_kph", t->speed_kph);
   if (t->_battery_soc_pct_case) FINITE("battery_soc_pct", t->battery_soc_pct);
@@ -60,10 +61,17 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, bool plain, char *err, si
   if (t->_aux_battery_v_case) FINITE("aux_battery_v", t->aux_battery_v);
   if (t->_ambient_temp_c_case) FINITE("ambient_temp_c", t->ambient_temp_c);
   if (t->_range_km_case) FINITE("range_km", t->range_km);
+  return true;
+}
+
+static bool telemetry_ok(const Twin__V1__Telemetry *t, bool plain, char *err, size_t cap) {
+  if (!plain && !scalars_ok(t, err, cap)) return false;
   if (t->n_tire_pressure_kpa > 64 || t->n_brake_pad_mm > 64)
     return tw_fail(err, cap, "telemetry has more than 64 wheel values");
-  for (size_t i = 0; i < t->n_tire_pressure_kpa; i++) FINITE("tire_pressure_kpa", t->tire_pressure_kpa[i]);
-  for (size_t i = 0; i < t->n_brake_pad_mm; i++) FINITE("brake_pad_mm", t->brake_pad_mm[i]);
+  if (!plain) {
+    for (size_t i = 0; i < t->n_tire_pressure_kpa; i++) FINITE("tire_pressure_kpa", t->tire_pressure_kpa[i]);
+    for (size_t i = 0; i < t->n_brake_pad_mm; i++) FINITE("brake_pad_mm", t->brake_pad_mm[i]);
+  }
   if (t->n_dtc_codes > LIST_MAX) return tw_fail(err, cap, "telemetry has more than %d dtc_codes", LIST_MAX);
   for (size_t i = 0; i < t->n_dtc_codes; i++)
     if (!utf8_ok(t->dtc_codes[i], TW_NAME_MAX, plain) || !t->dtc_codes[i][0])
@@ -72,7 +80,7 @@ static bool telemetry_ok(const Twin__V1__Telemetry *t, bool plain, char *err, si
       !text_field("telemetry.firmware_version", t->firmware_version, plain, err, cap))
     return false;
   if (t->n_metrics > LIST_MAX) return tw_fail(err, cap, "telemetry has more than %d metrics", LIST_MAX);
-  for (size_t i = 0; i < t->n_metrics; i++) {
+  for (size_t i = 0; !plain && i < t->n_metrics; i++) {
     const char *k = t->metrics[i]->key;
     if (!name_ok(k, plain))
       return tw_fail(
@@ -96,7 +104,7 @@ static bool lifecycle_ok(const Twin__V1__LifecycleEvent *l, bool plain, char *er
       !text_field("lifecycle.owner_id", l->owner_id, plain, err, cap) ||
       !text_field("lifecycle.model", l->model, plain, err, cap))
     return false;
-  if (l->_odometer_km_case && !isfinite(l->odometer_km))
+  if (!plain && l->_odometer_km_case && !isfinite(l->odometer_km))
     return tw_fail(err, cap, "lifecycle.odometer_km is not a finite number");
   if (l->n_parts_replaced > LIST_MAX)
     return tw_fail(err, cap, "lifecycle has more than %d parts_replaced", LIST_MAX);
