@@ -405,6 +405,19 @@ static void test_known(void **state) {
   const uint8_t long_tag[] = {0x98, 0x80, 0x80, 0x80, 0x80, 0x00, 0x01};
   assert_false(tw_envelope_decode_fast(&a, long_tag, sizeof long_tag, &e, NULL));
   assert_null(tw_envelope_unpack(&a.pb, long_tag, sizeof long_tag, NULL, NULL));
+  /* a two-byte key (field 16, ambient_temp_c: 0x81 0x01) on the fast path;
+   * a key written overlong in two bytes (field 1 as 0x8a 0x00) is valid,
+   * and the fast path leaves it to protobuf-c */
+  const uint8_t key16[] = {0x52, 0x0a, 0x81, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x24, 0x40};
+  assert_true(tw_envelope_decode_fast(&a, key16, sizeof key16, &e, NULL));
+  assert_int_equal(e->telemetry->_ambient_temp_c_case, TWIN__V1__TELEMETRY___AMBIENT_TEMP_C_AMBIENT_TEMP_C);
+  assert_true(e->telemetry->ambient_temp_c == 10.0);
+  const uint8_t overlong_key[] = {0x8a, 0x00, 0x02, 'P', '1'};
+  assert_false(tw_envelope_decode_fast(&a, overlong_key, sizeof overlong_key, &e, NULL));
+  e = tw_envelope_unpack(&a.pb, overlong_key, sizeof overlong_key, NULL, NULL);
+  assert_non_null(e);
+  assert_string_equal(e->product_id, "P1");
+  twin__v1__envelope__free_unpacked(e, &a.pb);
   /* a length past the end */
   const uint8_t past[] = {0x0a, 0x05, 'P'};
   assert_null(tw_envelope_unpack(&a.pb, past, sizeof past, NULL, NULL));

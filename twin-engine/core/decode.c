@@ -40,21 +40,41 @@ static inline bool rd_varint(rd_t *r, uint64_t *v) {
   return false;
 }
 
-/* A tag or a length prefix: protobuf-c reads these as 32-bit varints of at
- * most 5 bytes and rejects longer (overlong) ones, so the direct path must
- * leave them to it, not accept them. */
+/* A length prefix: protobuf-c reads it as a 32-bit varint of at most 5
+ * bytes and rejects longer (overlong) ones, so the direct path must leave
+ * them to it, not accept them. */
 static inline bool rd_varint32(rd_t *r, uint64_t *v) {
   const uint8_t *start = r->p;
   return rd_varint(r, v) && r->p - start <= 5;
 }
 
+/* A field's key (number << 3 | wire type) as producers write it: one byte
+ * for fields 1..15, two for 16..2047. Longer or overlong keys are valid
+ * but left to protobuf-c, as is field number 0 (invalid). */
+static inline bool rd_key(rd_t *r, uint32_t *key) {
+  const uint8_t *p = r->p;
+  if (p < r->end && p[0] < 0x80) {
+    *key = p[0];
+    r->p = p + 1;
+    return p[0] >= 8;
+  }
+  if (r->end - p >= 2 && (uint8_t)(p[1] - 1) < 0x7f) { /* second byte 1..0x7f */
+    *key = (p[0] & 0x7fu) | (uint32_t)p[1] << 7;
+    r->p = p + 2;
+    return true;
+  }
+  return false;
+}
+
 static inline bool rd_tag(rd_t *r, uint32_t *field, uint32_t *wt) {
-  uint64_t t;
-  if (!rd_varint32(r, &t) || t > UINT32_MAX || (t >> 3) == 0) return false;
-  *field = (uint32_t)(t >> 3);
-  *wt = (uint32_t)(t & 7);
+  uint32_t key;
+  if (!rd_key(r, &key)) return false;
+  *field = key >> 3;
+  *wt = key & 7;
   return true;
 }
+
+#define KEY(field, wt) ((field) << 3 | (wt))
 
 /* A length-delimited field's bytes. */
 static inline bool rd_len(rd_t *r, rd_t *sub) {
@@ -229,10 +249,11 @@ static bool attributes_entry(dec_t *d, rd_t r, Twin__V1__LifecycleEvent__Attribu
 }
 
 /* Sets an optional double: the field's presence case is its number. */
-#define OPT_DOUBLE(num, name)                                   \
-  case num:                                                     \
-    if (wt != WT_I64 || !rd_num(d, &r, &t->name)) return false; \
-    t->_##name##_case = num;                                    \
+#define OPT_DOUBLE(num, name)                   \
+  case KEY(num, WT_I64):                        \
+    SEEN(num);                                  \
+    if (!rd_num(d, &r, &t->name)) return false; \
+    t->_##name##_case = num;                    \
     break
 
 static bool telemetry(dec_t *d, rd_t r, Twin__V1__Telemetry **out) {
@@ -242,13 +263,11 @@ static bool telemetry(dec_t *d, rd_t r, Twin__V1__Telemetry **out) {
   dtc.n = 0;
   size_t n_metrics = 0;
   Twin__V1__Telemetry__MetricsEntry *metrics[TW_DECODE_MAX_REPEATED];
-  uint32_t seen = 0, f, wt;
+  uint32_t seen = 0, key;
   while (r.p < r.end) {
     rd_t s;
-    if (!rd_tag(&r, &f, &wt)) return false;
-    if (f > 17) return false;
-    if (f != 10 && f != 12) SEEN(f);
-    switch (f) {
+    if (!rd_key(&r, &key)) return false;
+    switch (key) { /* field and wire type at once */
       OPT_DOUBLE(1, odometer_km);
       OPT_DOUBLE(2, speed_kph);
       OPT_DOUBLE(3, battery_soc_pct);
@@ -260,31 +279,33 @@ static bool telemetry(dec_t *d, rd_t r, Twin__V1__Telemetry **out) {
       OPT_DOUBLE(15, aux_battery_v);
       OPT_DOUBLE(16, ambient_temp_c);
       OPT_DOUBLE(17, range_km);
-    case 8:
-      if (wt != WT_LEN || !rd_len(&r, &s) ||
-          !packed_doubles(d, &s, &t->n_tire_pressure_kpa, &t->tire_pressure_kpa))
+    case KEY(8, WT_LEN):
+      SEEN(8);
+      if (!rd_len(&r, &s) || !packed_doubles(d, &s, &t->n_tire_pressure_kpa, &t->tire_pressure_kpa))
         return false;
       break;
-    case 9:
-      if (wt != WT_LEN || !rd_len(&r, &s) || !packed_doubles(d, &s, &t->n_brake_pad_mm, &t->brake_pad_mm))
-        return false;
+    case KEY(9, WT_LEN):
+      SEEN(9);
+      if (!rd_len(&r, &s) || !packed_doubles(d, &s, &t->n_brake_pad_mm, &t->brake_pad_mm)) return false;
       break;
-    case 10:
-      if (wt != WT_LEN || !rd_len(&r, &s) || !strs_add(&dtc, &s)) return false;
+    case KEY(10, WT_LEN): /* repeated */
+      if (!rd_len(&r, &s) || !strs_add(&dtc, &s)) return false;
       break;
-    case 11:
-      if (wt != WT_LEN || !rd_len(&r, &s)) return false;
+    case KEY(11, WT_LEN):
+      SEEN(11);
+      if (!rd_len(&r, &s)) return false;
       t->firmware_version = str(d, &s);
       t->_firmware_version_case = TWIN__V1__TELEMETRY___FIRMWARE_VERSION_FIRMWARE_VERSION;
       break;
-    case 12:
-      if (wt != WT_LEN || !rd_len(&r, &s) || n_metrics == TW_DECODE_MAX_REPEATED ||
+    case KEY(12, WT_LEN): /* repeated */
+      if (!rd_len(&r, &s) || n_metrics == TW_DECODE_MAX_REPEATED ||
           !metrics_entry(d, s, &metrics[n_metrics++]))
         return false;
       break;
-    case 13: {
+    case KEY(13, WT_VARINT): {
       uint64_t v;
-      if (wt != WT_VARINT || !rd_varint(&r, &v)) return false;
+      SEEN(13);
+      if (!rd_varint(&r, &v)) return false;
       t->dtc_codes_reported = v != 0;
       break;
     }
