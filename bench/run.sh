@@ -30,7 +30,8 @@
 # event when valgrind is installed), 2 end to end from a pre-loaded broker
 # for 1 and 2 shards, 3 memory per twin at the large size, 4 freshness at a
 # fixed offered load, 5 recovery after kill -9, 6 the Kafka Streams peer on
-# the phase-2 stream. Fixed seeds, a warm-up, several repetitions.
+# the phase-2 stream, each of its runs paired with an engine run just before
+# it for the ratio. Fixed seeds, a warm-up, several repetitions.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -262,43 +263,58 @@ preload_e2e() {
   say "   loaded $(cat "$LOGS/e2e.total") messages in $(secs "$t0" "$(now)") s"
 }
 
+# e2e_once NAME SHARDS TOTAL: one engine, from an empty database, over the
+# pre-loaded stream until it has consumed TOTAL messages. Sets E2E_RATE
+# (events/s, whole run), E2E_STEADY (10 %-90 %), E2E_HWM (peak RSS, KiB) and
+# E2E_PERSISTED (start -> every twin persisted and checkpointed, s; empty on
+# FerretDB).
+e2e_once() {
+  local name=$1 shards=$2 TOTAL=$3
+  local db="bench_${RUN}_$name"
+  # Snapshots are deferred to the end: FerretDB (the local MongoDB stand-in)
+  # scans its whole collection per write, which would measure FerretDB,
+  # not the engine. A graceful stop then writes every twin (timed below).
+  engine_start "$db" "bench-$RUN-$name" "$E2E.telemetry" "$E2E.lifecycle" "$shards" \
+    --set snapshot.interval.ms=600000 --set snapshot.max.dirty=10000000
+  local t0 t10="" t90="" done_c="" c tn
+  t0=$(now)
+  while :; do
+    c=$(metric_sum twin_events_total 'outcome="consumed"')
+    tn=$(now)
+    [[ -z $t10 && $c -ge $((TOTAL / 10)) ]] && t10=$tn
+    [[ -z $t90 && $c -ge $((TOTAL * 9 / 10)) ]] && t90=$tn
+    if [[ $c -ge $TOTAL ]]; then done_c=$tn && break; fi
+    kill -0 "$ENGINE" || { echo "bench: engine died" >&2; return 1; }
+    sleep 0.2
+  done
+  E2E_HWM=$(hwm_kib "$ENGINE")
+  # Persisted and checkpointed: a graceful stop flushes every twin, then
+  # the checkpoints. Not on FerretDB: its inserts scan the collection, so
+  # the time would be FerretDB's.
+  E2E_PERSISTED=""
+  if [[ $SERVER == ferretdb && -z ${BENCH_FORCE_FERRETDB:-} ]]; then
+    engine_stop KILL
+  else
+    engine_stop TERM
+    E2E_PERSISTED=$(secs "$t0" "$(now)")
+  fi
+  E2E_RATE=$(awk -v n="$TOTAL" -v a="$t0" -v b="$done_c" 'BEGIN { printf "%.0f", n / (b - a) }')
+  E2E_STEADY=$(awk -v n="$TOTAL" -v a="$t10" -v b="$t90" 'BEGIN { printf "%.0f", n * 0.8 / (b - a) }')
+  "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
+}
+
 phase_e2e() {
   preload_e2e
   local TOTAL
   TOTAL=$(cat "$LOGS/e2e.total")
   for shards in 1 2; do
-    local rates=() steady=() persisted=() hwms=() rss_twins=()
+    local rates=() steady=() persisted=() hwms=()
     for rep in $(seq 1 "$REPS"); do
-      local db="bench_${RUN}_e2e_${shards}_$rep"
-      # Snapshots are deferred to the end: FerretDB (the local MongoDB stand-in)
-      # scans its whole collection per write, which would measure FerretDB,
-      # not the engine. A graceful stop then writes every twin (timed below).
-      engine_start "$db" "bench-$RUN-e2e-$shards-$rep" "$E2E.telemetry" "$E2E.lifecycle" "$shards" \
-        --set snapshot.interval.ms=600000 --set snapshot.max.dirty=10000000
-      local t0 t10="" t90="" done_c="" c tn
-      t0=$(now)
-      while :; do
-        c=$(metric_sum twin_events_total 'outcome="consumed"')
-        tn=$(now)
-        [[ -z $t10 && $c -ge $((TOTAL / 10)) ]] && t10=$tn
-        [[ -z $t90 && $c -ge $((TOTAL * 9 / 10)) ]] && t90=$tn
-        if [[ $c -ge $TOTAL ]]; then done_c=$tn && break; fi
-        kill -0 "$ENGINE" || { echo "bench: engine died" >&2; return 1; }
-        sleep 0.2
-      done
-      hwms+=("$(hwm_kib "$ENGINE")")
-      # Persisted and checkpointed: a graceful stop flushes every twin, then
-      # the checkpoints. Not on FerretDB: its inserts scan the collection, so
-      # the time would be FerretDB's.
-      if [[ $SERVER == ferretdb && -z ${BENCH_FORCE_FERRETDB:-} ]]; then
-        engine_stop KILL
-      else
-        engine_stop TERM
-        persisted+=("$(secs "$t0" "$(now)")")
-      fi
-      rates+=("$(awk -v n="$TOTAL" -v a="$t0" -v b="$done_c" 'BEGIN { printf "%.0f", n / (b - a) }')")
-      steady+=("$(awk -v n="$TOTAL" -v a="$t10" -v b="$t90" 'BEGIN { printf "%.0f", n * 0.8 / (b - a) }')")
-      "$BIN/twin-bench-tool" dropdb "$MONGO" "$db" >/dev/null
+      e2e_once "e2e_${shards}_$rep" "$shards" "$TOTAL" || return 1
+      hwms+=("$E2E_HWM")
+      [[ -n $E2E_PERSISTED ]] && persisted+=("$E2E_PERSISTED")
+      rates+=("$E2E_RATE")
+      steady+=("$E2E_STEADY")
     done
     local mn md mx smn smd smx pmn pmd pmx hmd
     read -r mn md mx < <(stats "${rates[@]}")
@@ -440,17 +456,28 @@ phase_peer() {
   TOTAL=$(cat "$LOGS/e2e.total")
   say "6/6 peer: Kafka Streams on $E2E.* ($TOTAL messages)"
   "$HERE/peers/kstreams/build.sh" >"$LOGS/peer-build.log" 2>&1 || { echo "bench: peer build failed, see $LOGS/peer-build.log" >&2; return 1; }
+  # Each peer run is paired with an engine run just before it, with as many
+  # shards as the peer has stream threads, on the same stream: the ratio of
+  # a pair compares runs minutes apart, not phases half an hour apart (the
+  # peer's rate has varied two-fold between runs on this VM).
   for threads in 1 2; do
-    local prates=() out mn md mx
+    local prates=() erates=() ratios=() out mn md mx emn emd emx rmn rmd rmx
     for rep in $(seq 1 "$PEER_REPS"); do
+      e2e_once "pair_${threads}_$rep" "$threads" "$TOTAL" || return 1
+      erates+=("$E2E_RATE")
       out=$("$HERE/peers/kstreams/run.sh" --bootstrap "$BROKERS" --telemetry-topic "$E2E.telemetry" \
         --lifecycle-topic "$E2E.lifecycle" --threads "$threads" --application-id "bench-$RUN-peer-$threads-$rep" \
         --events "$TOTAL" 2>>"$LOGS/peer.log" | tail -1)
       json "$out"
       prates+=("$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["events_per_s"]))' "$out")")
+      ratios+=("$(awk -v e="$E2E_RATE" -v p="${prates[-1]}" 'BEGIN { printf "%.1f", e / p }')")
+      json "{\"bench\":\"peer_pair\",\"threads\":$threads,\"engine_events_per_s\":$E2E_RATE,\"peer_events_per_s\":${prates[-1]},\"ratio\":${ratios[-1]}}"
     done
     read -r mn md mx < <(stats "${prates[@]}")
+    read -r emn emd emx < <(stats "${erates[@]}")
+    read -r rmn rmd rmx < <(stats "${ratios[@]}")
     row "| Kafka Streams peer, $threads stream thread(s) | $(num "$md") events/s (min $(num "$mn"), max $(num "$mx")) | bench/peers/kstreams/run.sh, same topics, $PEER_REPS run(s) |"
+    row "| twin-engine / peer, $threads shard(s) / $threads stream thread(s), paired runs | **${rmd}x** (min ${rmn}x, max ${rmx}x; target >= 20x) | each pair: an engine run ($(num "$emd") events/s median, min $(num "$emn"), max $(num "$emx")) then a peer run, back to back on the same stream |"
   done
 }
 
