@@ -473,6 +473,38 @@ int64_t h_checkpoints_total(const h_scenario_t *s) {
   return total;
 }
 
+/* On a caught-up timeout: every input partition whose checkpoint trails its
+ * end offset, so the log shows which partition stopped and where. */
+static void print_lagging_partitions(const h_scenario_t *s) {
+  rd_kafka_t *rk = kafka_client(s);
+  mongoc_client_t *c = mongo(s);
+  mongoc_collection_t *col = mongoc_client_get_collection(c, s->database, "checkpoints");
+  const char *topics[2] = {s->telemetry, s->lifecycle};
+  for (int t = 0; t < 2; t++) {
+    for (int p = 0; p < s->partitions; p++) {
+      int64_t lo = 0, hi = -1, ck = -1;
+      rd_kafka_query_watermark_offsets(rk, topics[t], p, &lo, &hi, 10000);
+      char id[600];
+      snprintf(id, sizeof id, "%s/%s/%d", s->group, topics[t], p);
+      bson_t filter = BSON_INITIALIZER;
+      BSON_APPEND_UTF8(&filter, "_id", id);
+      mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, &filter, NULL, NULL);
+      const bson_t *doc;
+      bson_iter_t it;
+      if (mongoc_cursor_next(cur, &doc) && bson_iter_init_find(&it, doc, "offset"))
+        ck = bson_iter_as_int64(&it);
+      mongoc_cursor_destroy(cur);
+      bson_destroy(&filter);
+      if (ck < hi)
+        fprintf(stderr, "[harness] %s[%d]: checkpoint %lld, end offset %lld\n", topics[t], p, (long long)ck,
+                (long long)hi);
+    }
+  }
+  mongoc_collection_destroy(col);
+  mongoc_client_destroy(c);
+  rd_kafka_destroy(rk);
+}
+
 bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
   /* Slow is fine (FerretDB on a busy 2-core machine), stuck is not: give up
    * after timeout_s without progress, or 15 minutes in all. */
@@ -487,6 +519,7 @@ bool h_wait_caught_up(const h_scenario_t *s, int timeout_s) {
   }
   fprintf(stderr, "[harness] not caught up: checkpoints %lld of %lld\n", (long long)h_checkpoints_total(s),
           (long long)end);
+  print_lagging_partitions(s);
   /* CI keeps only this output: show why, from the last engine's log. */
   if (g_last_log[0]) {
     char cmd[400];
