@@ -141,7 +141,7 @@ typedef struct {
   part_t *parts;
   size_t n_parts;
   int64_t last_flush_ms;
-  bool outage; /* MongoDB or Kafka unavailable: partitions paused */
+  bool outage; /* MongoDB or Kafka unavailable: the shard reads nothing */
   int64_t outage_since;
   tw_arena_t arena;      /* the batch's decoded envelopes; reset after each batch */
   int64_t batch_wall_ms; /* when the batch being applied was consumed */
@@ -442,27 +442,22 @@ static void alert_cb(void *ud, const Twin__V1__MaintenanceAlert *al) {
 
 /* ---- Outage handling ------------------------------------------------------- */
 
-static void set_paused(shard_t *s, bool pause) {
-  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts);
-  for (size_t i = 0; i < s->n_parts; i++)
-    if (s->parts[i].owned)
-      rd_kafka_topic_partition_list_add(l, s->e->topics[s->parts[i].topic_idx], s->parts[i].partition);
-  if (l->cnt) {
-    if (pause)
-      rd_kafka_pause_partitions(s->e->consumer, l);
-    else
-      rd_kafka_resume_partitions(s->e->consumer, l);
-  }
-  rd_kafka_topic_partition_list_destroy(l);
-}
-
+/* A shard in an outage reads nothing from its queue, and librdkafka stops
+ * fetching its partitions once that queue holds queued.min.messages or
+ * queued.max.messages.kbytes: the same bound as in normal running. The
+ * partitions are not paused. librdkafka 2.0.2 orders a partition's pause,
+ * resume, fetch start and fetch stop by a version taken when each is made,
+ * and drops one that arrives after a newer one: a resume made in a shard
+ * thread while the rebalance started the partition's fetch could be
+ * dropped, or could drop the start, and the partition was never read again
+ * (test_fault_group, test_fault_churn; README, Failure behaviour). */
 static void outage_begin(shard_t *s, const char *what, const char *why) {
   if (s->outage) return;
   s->outage = true;
   atomic_store(&s->st.outage, true);
   s->outage_since = tw_mono_ms();
-  TW_WARN("shard", "shard %d: %s unavailable (%s); pausing its partitions and retrying", s->id, what, why);
-  set_paused(s, true);
+  TW_WARN("shard", "shard %d: %s unavailable (%s); reading nothing more until it is back, retrying", s->id,
+          what, why);
 }
 
 static void outage_end(shard_t *s) {
@@ -471,7 +466,6 @@ static void outage_end(shard_t *s) {
   atomic_store(&s->st.outage, false);
   TW_INFO("shard", "shard %d: available again after %.1f s; resuming", s->id,
           (double)(tw_mono_ms() - s->outage_since) / 1000.0);
-  set_paused(s, false);
 }
 
 /* ---- Flush: snapshots, then DLQ, then checkpoints, then Kafka commit ------- */
@@ -683,16 +677,6 @@ static void run_commands(shard_t *s) {
       p->owned = true;
       p->next = i->offset >= 0 ? i->offset : -1;
       p->ckpt = p->next;
-      /* librdkafka keeps a partition's pause across unassign and assign: one
-       * revoked while this shard was paused (outage_end resumes owned
-       * partitions only) would come back paused and never be read. */
-      rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-      rd_kafka_topic_partition_list_add(l, s->e->topics[p->topic_idx], p->partition);
-      if (s->outage)
-        rd_kafka_pause_partitions(s->e->consumer, l);
-      else
-        rd_kafka_resume_partitions(s->e->consumer, l);
-      rd_kafka_topic_partition_list_destroy(l);
     } else {
       p->owned = false;
       revoked = true;
@@ -902,7 +886,7 @@ static void *shard_main(void *arg) {
   while (!atomic_load(&e->shards_exit)) {
     run_commands(s);
     if (s->outage) {
-      /* Paused: retry the flush (which also proves MongoDB is back). */
+      /* In an outage: retry the flush (which also proves MongoDB is back). */
       if (flush(s)) {
         backoff = BACKOFF_MIN_MS;
       } else {
@@ -996,6 +980,16 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
   }
   if (repaired) TW_INFO("engine", "finished %zu snapshot writes interrupted by a crash", repaired);
   free(nums);
+  /* A barrier before the partition queues are forwarded: librdkafka handles
+   * a partition's fetch stop (from its last revoke) in the broker's thread,
+   * later, and that stop clears the queue's forwarding. Forwarded first and
+   * stopped after, the queue would lead nowhere and the partition would
+   * never reach its shard. A resume is a no-op here (nothing pauses
+   * partitions), but it is queued behind that stop, and the call returns
+   * once it is handled. */
+  rd_kafka_topic_partition_list_t *barrier = rd_kafka_topic_partition_list_copy(parts);
+  rd_kafka_resume_partitions(e->consumer, barrier);
+  rd_kafka_topic_partition_list_destroy(barrier);
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *tp = &parts->elems[i];
     int ti = topic_index(e, tp->topic);
@@ -1042,10 +1036,10 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
    * the next owner start from the old checkpoint while this instance was
    * still flushing: two writers of the same twins, and events lost when the
    * snapshot of the one behind won (test_rebalance, test_fault_group).
-   * Pausing first stops the fetches; the shards drop what is still queued
-   * for partitions they no longer own, and the release below retires the
-   * fetch version, so no message of this assignment reaches the next one. */
-  rd_kafka_pause_partitions(e->consumer, parts);
+   * The partitions are not paused (see outage_begin): what librdkafka still
+   * fetches for them meanwhile, the shards drop as no longer owned, and the
+   * release below retires the fetch version, so no message of this
+   * assignment reaches the next one. */
   atomic_fetch_sub(&e->assigned, parts->cnt);
   uint64_t *wait = tw_xcalloc((size_t)e->n_shards, sizeof *wait);
   for (int i = 0; i < parts->cnt; i++) {
@@ -1238,7 +1232,7 @@ static void http_metrics(void *ud, bson_string_t *o) {
     bson_string_append_printf(o, "twin_twins_in_memory{shard=\"%d\"} %llu\n", k,
                               (unsigned long long)e->shards[k].st.twins_in_memory);
   metric_head(o, "twin_shard_paused", "gauge",
-              "1 while a shard waits for MongoDB or Kafka (partitions paused).");
+              "1 while a shard waits for MongoDB or Kafka (it reads nothing meanwhile).");
   for (int k = 0; k < e->n_shards; k++)
     bson_string_append_printf(o, "twin_shard_paused{shard=\"%d\"} %d\n", k,
                               atomic_load(&e->shards[k].st.outage) ? 1 : 0);
