@@ -2,18 +2,19 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <librdkafka/rdkafka.h>
 #include <mongoc/mongoc.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -209,17 +210,29 @@ static void kill_children(void) {
   g_n_children = 0;
 }
 
+/* fork and exec, not posix_spawn: the child asks the kernel to kill it when
+ * this test process ends, whatever ends it (a failed assertion's exit, or
+ * ctest's SIGKILL at a timeout), so no engine or simulator outlives its test
+ * and loads the machine for the tests after it. Between fork and exec only
+ * async-signal-safe calls. */
 static pid_t spawn(const char *const *argv, const char *log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  if (log) {
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  if (access(argv[0], X_OK) != 0) fail_msg("cannot start %s: %s", argv[0], strerror(errno));
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) fail_msg("cannot start %s: %s", argv[0], strerror(errno));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127); /* the test ended before the prctl */
+    if (log) {
+      int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd < 0) _exit(127);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      if (fd > 2) close(fd);
+    }
+    execve(argv[0], (char *const *)argv, environ);
+    _exit(127);
   }
-  pid_t pid;
-  int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) fail_msg("cannot start %s: %s", argv[0], strerror(rc));
   static bool registered;
   if (!registered) atexit(kill_children);
   registered = true;
