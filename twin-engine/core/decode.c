@@ -4,7 +4,6 @@
 
 #include "twin/twin.h"
 
-#include <math.h>
 #include <string.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -97,13 +96,19 @@ typedef struct {
   bool plain;
 } dec_t;
 
-/* A double, noting whether it is finite (exponent not all ones). */
+/* The 8 bytes of a double on the wire (little-endian, as on every platform
+ * we build for) hold a finite number: the exponent is not all ones. */
+static inline bool finite_bits(uint64_t bits) {
+  return (bits & UINT64_C(0x7ff0000000000000)) != UINT64_C(0x7ff0000000000000);
+}
+
+/* A double, noting whether it is finite. */
 static inline bool rd_num(dec_t *d, rd_t *r, double *v) {
   if (r->end - r->p < 8) return false;
   uint64_t bits;
-  memcpy(&bits, r->p, 8); /* little-endian on every platform we build for */
+  memcpy(&bits, r->p, 8);
   memcpy(v, &bits, 8);
-  d->plain &= (bits & UINT64_C(0x7ff0000000000000)) != UINT64_C(0x7ff0000000000000);
+  d->plain &= finite_bits(bits);
   r->p += 8;
   return true;
 }
@@ -179,7 +184,11 @@ static bool packed_doubles(dec_t *d, const rd_t *s, size_t *n, double **v) {
   if (*n) {
     *v = tw_arena_alloc(d->a, bytes);
     memcpy(*v, s->p, bytes);
-    for (size_t i = 0; i < *n; i++) d->plain &= isfinite((*v)[i]);
+    for (size_t i = 0; i < *n; i++) {
+      uint64_t bits;
+      memcpy(&bits, s->p + 8 * i, 8);
+      d->plain &= finite_bits(bits);
+    }
   }
   return true;
 }
