@@ -2,7 +2,7 @@
  * controller in one process) is killed with kill -9 twice while the engine
  * works through a fleet's stream, and restarted each time with
  * deploy/local/stack.sh. The engine's consumer and alert producer reconnect,
- * a flush that cannot reach Kafka stops the shard, partitions lost with the
+ * a flush that cannot reach Kafka pauses the shard, partitions lost with the
  * session come back from the checkpoints, and nothing is lost or applied
  * twice.
  *

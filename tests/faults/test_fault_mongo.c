@@ -6,7 +6,7 @@
  *  3. FerretDB slow: the engine reaches it through a proxy that holds every
  *     request and every answer back 150-250 ms (tests/faults/faults.c), as
  *     an overloaded server or a distant replica set would.
- * The shards that cannot flush stop reading, the engine holds nothing
+ * The engine pauses the shards that cannot flush, keeps consuming nothing
  * more than librdkafka's bounded prefetch (RSS stays bounded), keeps
  * checkpointing while the server is only slow, resumes by itself, and the
  * end state is exact. */
@@ -142,8 +142,7 @@ static void test_ferretdb_kill_and_stall(void **state) {
   assert_true(ck1 > ck0);         /* slow, not stopped */
 
   /* Bounded: librdkafka's prefetch (queued.min.messages and
-   * queued.max.messages.kbytes per shard, which stops the fetches of a
-   * shard that reads nothing) and
+   * queued.max.messages.kbytes per shard, paused partitions hold none) and
    * the twins; nothing grows with the outage. */
   assert_true(rss1 < rss0 + 256 * 1024);
   assert_true(rss2 < rss0 + 256 * 1024);

@@ -205,7 +205,7 @@ static void test_determinism_restart(void **state) {
   h_scenario_cleanup(&b);
 }
 
-/* 5. FerretDB stopped for 20 s mid-stream: the engine waits, keeps its
+/* 5. FerretDB stopped for 20 s mid-stream: the engine pauses, keeps its
  * memory bounded, resumes by itself, and loses nothing. */
 static void test_mongo_outage(void **state) {
   (void)state;

@@ -143,6 +143,7 @@ typedef struct {
   int64_t last_flush_ms;
   bool outage; /* MongoDB or Kafka unavailable: the shard reads nothing */
   int64_t outage_since;
+  bool kafka_paused;     /* main thread only: its partitions are paused (sync_pauses) */
   tw_arena_t arena;      /* the batch's decoded envelopes; reset after each batch */
   int64_t batch_wall_ms; /* when the batch being applied was consumed */
   bool fenced;           /* the last flush waited for an export (store.h fence) */
@@ -442,14 +443,14 @@ static void alert_cb(void *ud, const Twin__V1__MaintenanceAlert *al) {
 
 /* ---- Outage handling ------------------------------------------------------- */
 
-/* A shard in an outage reads nothing from its queue, and librdkafka stops
- * fetching its partitions once that queue holds queued.min.messages or
- * queued.max.messages.kbytes: the same bound as in normal running. The
- * partitions are not paused. librdkafka 2.0.2 orders a partition's pause,
- * resume, fetch start and fetch stop by a version taken when each is made,
- * and drops one that arrives after a newer one: a resume made in a shard
- * thread while the rebalance started the partition's fetch could be
- * dropped, or could drop the start, and the partition was never read again
+/* A shard in an outage reads nothing from its queue and says so in
+ * st.outage; the main thread then pauses its partitions (sync_pauses), and
+ * resumes them when the outage ends. Only the main thread pauses and resumes
+ * partitions, in its loop and in the rebalance callbacks, which it also
+ * runs: librdkafka 2.0.2 orders a partition's pause, resume, fetch start and
+ * fetch stop by a version taken when each request is made and drops one
+ * that arrives after a newer one, so two threads making them at once could
+ * lose a resume or a fetch start, and the partition was never read again
  * (test_fault_group, test_fault_churn; README, Failure behaviour). */
 static void outage_begin(shard_t *s, const char *what, const char *why) {
   if (s->outage) return;
@@ -980,16 +981,24 @@ static void on_assign(engine_t *e, rd_kafka_topic_partition_list_t *parts) {
   }
   if (repaired) TW_INFO("engine", "finished %zu snapshot writes interrupted by a crash", repaired);
   free(nums);
-  /* A barrier before the partition queues are forwarded: librdkafka handles
-   * a partition's fetch stop (from its last revoke) in the broker's thread,
-   * later, and that stop clears the queue's forwarding. Forwarded first and
-   * stopped after, the queue would lead nowhere and the partition would
-   * never reach its shard. A resume is a no-op here (nothing pauses
-   * partitions), but it is queued behind that stop, and the call returns
-   * once it is handled. */
-  rd_kafka_topic_partition_list_t *barrier = rd_kafka_topic_partition_list_copy(parts);
-  rd_kafka_resume_partitions(e->consumer, barrier);
-  rd_kafka_topic_partition_list_destroy(barrier);
+  /* Each partition is paused or resumed as its shard's others are (a pause
+   * outlives an unassign in librdkafka), before its queue is forwarded and
+   * before the assignment: the request is also a barrier. librdkafka handles
+   * a partition's fetch stop (from its last revoke) later, in the broker's
+   * thread, and that stop clears the queue's forwarding; forwarded first and
+   * stopped after, the queue would lead nowhere. The request is queued
+   * behind that stop, and the call returns once it is handled. */
+  rd_kafka_topic_partition_list_t *to[2] = {rd_kafka_topic_partition_list_new(parts->cnt),
+                                            rd_kafka_topic_partition_list_new(parts->cnt)};
+  for (int i = 0; i < parts->cnt; i++) {
+    const rd_kafka_topic_partition_t *tp = &parts->elems[i];
+    rd_kafka_topic_partition_list_add(to[e->shards[tp->partition % e->n_shards].kafka_paused], tp->topic,
+                                      tp->partition);
+  }
+  if (to[0]->cnt) rd_kafka_resume_partitions(e->consumer, to[0]);
+  if (to[1]->cnt) rd_kafka_pause_partitions(e->consumer, to[1]);
+  rd_kafka_topic_partition_list_destroy(to[0]);
+  rd_kafka_topic_partition_list_destroy(to[1]);
   for (int i = 0; i < parts->cnt; i++) {
     rd_kafka_topic_partition_t *tp = &parts->elems[i];
     int ti = topic_index(e, tp->topic);
@@ -1036,10 +1045,10 @@ static void on_revoke(engine_t *e, rd_kafka_topic_partition_list_t *parts, bool 
    * the next owner start from the old checkpoint while this instance was
    * still flushing: two writers of the same twins, and events lost when the
    * snapshot of the one behind won (test_rebalance, test_fault_group).
-   * The partitions are not paused (see outage_begin): what librdkafka still
-   * fetches for them meanwhile, the shards drop as no longer owned, and the
-   * release below retires the fetch version, so no message of this
-   * assignment reaches the next one. */
+   * librdkafka paused their fetches when the rebalance began; what is still
+   * queued for them, the shards drop as no longer owned, and the release
+   * below retires the fetch version, so no message of this assignment
+   * reaches the next one. */
   atomic_fetch_sub(&e->assigned, parts->cnt);
   uint64_t *wait = tw_xcalloc((size_t)e->n_shards, sizeof *wait);
   for (int i = 0; i < parts->cnt; i++) {
@@ -1232,7 +1241,7 @@ static void http_metrics(void *ud, bson_string_t *o) {
     bson_string_append_printf(o, "twin_twins_in_memory{shard=\"%d\"} %llu\n", k,
                               (unsigned long long)e->shards[k].st.twins_in_memory);
   metric_head(o, "twin_shard_paused", "gauge",
-              "1 while a shard waits for MongoDB or Kafka (it reads nothing meanwhile).");
+              "1 while a shard waits for MongoDB or Kafka (partitions paused).");
   for (int k = 0; k < e->n_shards; k++)
     bson_string_append_printf(o, "twin_shard_paused{shard=\"%d\"} %d\n", k,
                               atomic_load(&e->shards[k].st.outage) ? 1 : 0);
@@ -1285,6 +1294,34 @@ static void *producer_main(void *arg) {
   engine_t *e = arg;
   while (!atomic_load(&e->producer_exit)) rd_kafka_poll(e->producer, 100);
   return NULL;
+}
+
+/* ---- Pausing the partitions of a shard in an outage ------------------------ */
+
+/* Called by the main thread every 20 ms: pauses the partitions of a shard
+ * that reports an outage, resumes them when it is over (see outage_begin). */
+static void sync_pauses(engine_t *e) {
+  for (int k = 0; k < e->n_shards; k++) {
+    shard_t *s = &e->shards[k];
+    bool want = atomic_load(&s->st.outage);
+    if (want == s->kafka_paused) continue;
+    rd_kafka_topic_partition_list_t *asg = NULL;
+    if (rd_kafka_assignment(e->consumer, &asg) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      if (asg) rd_kafka_topic_partition_list_destroy(asg);
+      continue; /* tried again in 20 ms */
+    }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(asg->cnt);
+    for (int i = 0; i < asg->cnt; i++)
+      if (asg->elems[i].partition % e->n_shards == k)
+        rd_kafka_topic_partition_list_add(l, asg->elems[i].topic, asg->elems[i].partition);
+    if (l->cnt && want)
+      rd_kafka_pause_partitions(e->consumer, l);
+    else if (l->cnt)
+      rd_kafka_resume_partitions(e->consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_topic_partition_list_destroy(asg);
+    s->kafka_paused = want;
+  }
 }
 
 /* ---- Waking the fetcher ---------------------------------------------------- */
@@ -1559,6 +1596,7 @@ int tw_engine_run(const tw_config_t *cfg) {
     while (!g_stop) {
       rd_kafka_message_t *m = rd_kafka_consumer_poll(e.consumer, 20);
       fetch_wake(&e, &wake);
+      sync_pauses(&e);
       if (m) {
         if (m->err == RD_KAFKA_RESP_ERR__FATAL) consumer_fatal(&e);
         if (m->err)
