@@ -20,6 +20,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <mongoc/mongoc.h>
+
+#include "twin/log.h"
 
 static unsigned g_seed;
 
@@ -28,6 +31,17 @@ void f_seed_init(void) {
   g_seed = seed && *seed ? (unsigned)strtoul(seed, NULL, 10) : (unsigned)time(NULL);
   fprintf(stderr, "[fault] TWIN_TEST_SEED=%u (set it to replay these fault points)\n", g_seed);
   srand(g_seed);
+}
+
+int f_main(const struct CMUnitTest *tests, size_t n) {
+  f_seed_init();
+  mongoc_init();
+  tw_log_route_mongoc();
+  const char *filter = getenv("TWIN_TEST_FILTER");
+  if (filter && *filter) cmocka_set_test_filter(filter);
+  int rc = _cmocka_run_group_tests("tests", tests, n, NULL, NULL);
+  mongoc_cleanup();
+  return rc;
 }
 
 int f_rnd(int lo, int hi) { return lo + (int)(rand_r(&g_seed) % (unsigned)(hi - lo + 1)); }

@@ -12,15 +12,23 @@
 #ifndef TWIN_TEST_FAULTS_H
 #define TWIN_TEST_FAULTS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "harness.h"
+
+struct CMUnitTest;
 
 typedef struct {
   char name[64];
   int64_t t0_ms;
   int faults; /* faults injected, counted by the scenario */
 } f_run_t;
+
+/* A scenario's main(): f_seed_init(), the MongoDB driver with its log
+ * routed to ours, TWIN_TEST_FILTER (a cmocka test-name pattern) if set, then
+ * the n tests; returns the process's exit status. */
+int f_main(const struct CMUnitTest *tests, size_t n);
 
 /* TWIN_TEST_SEED or the time; printed so a failure can be replayed. */
 void f_seed_init(void);

@@ -19,10 +19,8 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <mongoc/mongoc.h>
 
 #include "faults.h"
-#include "twin/log.h"
 
 static void test_broker_kill9(void **state) {
   (void)state;
@@ -64,11 +62,6 @@ static void test_broker_kill9(void **state) {
 }
 
 int main(void) {
-  f_seed_init();
-  mongoc_init();
-  tw_log_route_mongoc();
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_broker_kill9)};
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  mongoc_cleanup();
-  return rc;
+  return f_main(tests, sizeof tests / sizeof tests[0]);
 }

@@ -18,10 +18,8 @@
 
 #include <cmocka.h>
 #include <librdkafka/rdkafka.h>
-#include <mongoc/mongoc.h>
 
 #include "faults.h"
-#include "twin/log.h"
 
 static const char *const g_set[] = {"snapshot.interval.ms=300", NULL};
 
@@ -87,11 +85,6 @@ static void test_group_churn(void **state) {
 }
 
 int main(void) {
-  f_seed_init();
-  mongoc_init();
-  tw_log_route_mongoc();
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_group_churn)};
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  mongoc_cleanup();
-  return rc;
+  return f_main(tests, sizeof tests / sizeof tests[0]);
 }

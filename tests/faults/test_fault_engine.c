@@ -13,10 +13,8 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <mongoc/mongoc.h>
 
 #include "faults.h"
-#include "twin/log.h"
 
 /* Static membership: a restarted instance takes its place in the group at
  * once instead of waiting out the dead one's session, so 20 restarts fit in
@@ -150,15 +148,9 @@ static void test_sigterm_during_flush(void **state) {
 }
 
 int main(void) {
-  f_seed_init();
-  mongoc_init();
-  tw_log_route_mongoc();
-  if (getenv("TWIN_TEST_FILTER")) cmocka_set_test_filter(getenv("TWIN_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kill9_loop),
       cmocka_unit_test(test_sigterm_during_flush),
   };
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  mongoc_cleanup();
-  return rc;
+  return f_main(tests, sizeof tests / sizeof tests[0]);
 }

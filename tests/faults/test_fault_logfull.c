@@ -18,10 +18,8 @@
 #include <sys/stat.h>
 
 #include <cmocka.h>
-#include <mongoc/mongoc.h>
 
 #include "faults.h"
-#include "twin/log.h"
 
 static char g_mnt[300];
 static void unmount(void) {
@@ -76,11 +74,6 @@ static void test_log_disk_full(void **state) {
 }
 
 int main(void) {
-  f_seed_init();
-  mongoc_init();
-  tw_log_route_mongoc();
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_log_disk_full)};
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  mongoc_cleanup();
-  return rc;
+  return f_main(tests, sizeof tests / sizeof tests[0]);
 }

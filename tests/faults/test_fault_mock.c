@@ -27,10 +27,8 @@
 #include <cmocka.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
-#include <mongoc/mongoc.h>
 
 #include "faults.h"
-#include "twin/log.h"
 
 /* Kafka protocol API keys (the protocol's numbers; librdkafka keeps its
  * names for them in a private header). */
@@ -237,13 +235,7 @@ static void test_mock_alerts_refused(void **state) {
 }
 
 int main(void) {
-  f_seed_init();
-  mongoc_init();
-  tw_log_route_mongoc();
-  if (getenv("TWIN_TEST_FILTER")) cmocka_set_test_filter(getenv("TWIN_TEST_FILTER"));
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_mock_cluster_errors),
                                      cmocka_unit_test(test_mock_alerts_refused)};
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  mongoc_cleanup();
-  return rc;
+  return f_main(tests, sizeof tests / sizeof tests[0]);
 }

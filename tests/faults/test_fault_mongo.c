@@ -19,10 +19,8 @@
 #include <string.h>
 
 #include <cmocka.h>
-#include <mongoc/mongoc.h>
 
 #include "faults.h"
-#include "twin/log.h"
 
 static pid_t g_stopped; /* FerretDB while SIGSTOPped: continued on any exit */
 static void cont_ferretdb(void) {
@@ -157,11 +155,6 @@ static void test_ferretdb_kill_and_stall(void **state) {
 }
 
 int main(void) {
-  f_seed_init();
-  mongoc_init();
-  tw_log_route_mongoc();
   const struct CMUnitTest tests[] = {cmocka_unit_test(test_ferretdb_kill_and_stall)};
-  int rc = cmocka_run_group_tests(tests, NULL, NULL);
-  mongoc_cleanup();
-  return rc;
+  return f_main(tests, sizeof tests / sizeof tests[0]);
 }
