@@ -83,15 +83,15 @@ typedef struct {
 } tw_strs_t;
 
 typedef struct {
-  char *name; /* owned */
+  char *name; /* in the metrics block (tw_telemetry_t.metrics), after the entries */
   tw_scalar_t val;
 } tw_metric_t;
 
 /* ---- Per-source seq dedupe: an anti-replay window behind the high-water mark */
 typedef struct {
-  char *name;     /* stored in the bits block, after the window's words */
+  char *name;     /* in the twin's sources block (tw_twin_t.sources), after the windows */
   uint64_t hwm;   /* highest seq seen; 0 = none */
-  uint64_t *bits; /* owned; bit i of the window = seq (hwm - i) seen */
+  uint64_t *bits; /* in the same block; bit i of the window = seq (hwm - i) seen */
 } tw_source_t;
 
 /* ---- Timeline -------------------------------------------------------------- */
@@ -251,7 +251,7 @@ typedef struct {
   tw_stamp_t firmware_st;
   tw_trend_t soh_trend;
   tw_wear_t brake_wear;
-  tw_metric_t *metrics; /* owned, sorted by name */
+  tw_metric_t *metrics; /* owned, sorted by name; one block with their names */
   uint32_t n_metrics;   /* last: the block's only padding is after it */
 } tw_telemetry_t;
 
@@ -270,7 +270,7 @@ typedef struct tw_twin {
   uint64_t seen;               /* every event that reached the reducer; guards writes */
   tw_telemetry_t *tel;         /* owned; NULL until a telemetry event set a value: read with tw_twin_tel() */
 
-  tw_source_t *sources; /* owned, sorted by name */
+  tw_source_t *sources; /* owned, sorted by name; one block with their windows and names */
   uint32_t n_sources;
   uint32_t seq_window; /* seqs accepted behind each source's high-water mark */
 

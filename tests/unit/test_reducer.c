@@ -264,6 +264,78 @@ static void test_window_multiword(void **state) {
   tw_twin_destroy(t);
 }
 
+/* A telemetry event with one metric. */
+static tw_outcome_t metric(tw_twin_t *t, const char *src, uint64_t seq, int64_t at, const char *key,
+                           double v) {
+  Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
+  Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
+  Twin__V1__Telemetry__MetricsEntry me = TWIN__V1__TELEMETRY__METRICS_ENTRY__INIT, *mp = &me;
+  me.key = (char *)key;
+  me.value = v;
+  env.product_id = t->product_id;
+  env.source = (char *)src;
+  env.seq = seq;
+  env.event_time_ms = at;
+  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
+  env.telemetry = &tm;
+  tm.n_metrics = 1;
+  tm.metrics = &mp;
+  return tw_reduce(t, &env, NULL);
+}
+
+/* A twin's sources (entries, windows, names) and its metrics (entries,
+ * names) are each one block that a new source or metric rebuilds: what
+ * every earlier one held survives each rebuild, whichever place in the
+ * sorted order the new one takes, and through a snapshot round trip. */
+static void test_blocks_rebuilt(void **state) {
+  (void)state;
+  static const char *const srcs[] = {"mes", "crm", "tcu", "a", "dms-long-source-name", "b"};
+  static const char *const keys[] = {"oil_temp_c", "cabin_temp_c", "zz", "a", "coolant_temp_c", "m"};
+  enum { N = 6 };
+  tw_twin_t *t = tw_twin_new("VIN-BLOCKS", 130); /* three window words per source */
+  for (int k = 0; k < N; k++) {
+    /* The new source: seqs 200, 72, 100 + 2k (a window of its own) and
+     * 201; the window then holds 72..201, with holes such as 73. Each event
+     * is later than the one before, so none is stale. */
+    assert_int_equal(tel(t, srcs[k], 200, 1000 + 4 * k, 1), TW_OUT_APPLIED);
+    assert_int_equal(tel(t, srcs[k], 72, 1001 + 4 * k, 1), TW_OUT_APPLIED);
+    assert_int_equal(tel(t, srcs[k], 100 + 2 * k, 1002 + 4 * k, 1), TW_OUT_APPLIED);
+    assert_int_equal(metric(t, srcs[k], 201, 1003 + 4 * k, keys[k], 10.0 * (k + 1)), TW_OUT_APPLIED);
+    for (int j = 0; j <= k; j++) { /* every source so far still holds its own window */
+      assert_int_equal(tel(t, srcs[j], 72, 3000, 1), TW_OUT_DUPLICATE);
+      assert_int_equal(tel(t, srcs[j], 100 + 2 * j, 3000, 1), TW_OUT_DUPLICATE);
+      assert_int_equal(tel(t, srcs[j], 71, 3000, 1), TW_OUT_TOO_LATE);
+      assert_int_equal(tel(t, srcs[j], 201, 3000, 1), TW_OUT_DUPLICATE);
+    }
+  }
+  assert_int_equal(t->n_sources, N);
+  assert_int_equal(t->tel->n_metrics, N);
+  for (uint32_t i = 1; i < N; i++) {
+    assert_true(strcmp(t->sources[i - 1].name, t->sources[i].name) < 0);
+    assert_true(strcmp(t->tel->metrics[i - 1].name, t->tel->metrics[i].name) < 0);
+  }
+  bson_t doc = BSON_INITIALIZER;
+  char err[128];
+  tw_twin_to_bson(t, -1, &doc);
+  tw_twin_t *r = tw_twin_from_bson(&doc, 130, err, sizeof err);
+  assert_non_null(r);
+  for (tw_twin_t *x = t; x; x = x == t ? r : NULL) {
+    for (int k = 0; k < N; k++) {
+      const tw_metric_t *m = NULL;
+      for (uint32_t i = 0; i < x->tel->n_metrics; i++)
+        if (strcmp(x->tel->metrics[i].name, keys[k]) == 0) m = &x->tel->metrics[i];
+      assert_non_null(m);
+      assert_true(m->val.value == 10.0 * (k + 1));
+      assert_int_equal(m->val.st.at_ms, 1003 + 4 * k);
+      assert_int_equal(tel(x, srcs[k], 73, 4000 + k, 1), TW_OUT_APPLIED); /* the hole */
+      assert_int_equal(tel(x, srcs[k], 73, 4000 + k, 1), TW_OUT_DUPLICATE);
+    }
+  }
+  bson_destroy(&doc);
+  tw_twin_destroy(r);
+  tw_twin_destroy(t);
+}
+
 /* The validator's UTF-8 check (util.c), which replaced libbson's. */
 static void test_utf8(void **state) {
   (void)state;
@@ -353,7 +425,7 @@ int main(void) {
   }
   closedir(d);
   qsort(fx, n, sizeof *fx, cmp_path);
-  struct CMUnitTest *tests = calloc(n + 5, sizeof *tests);
+  struct CMUnitTest *tests = calloc(n + 6, sizeof *tests);
   for (size_t i = 0; i < n; i++) {
     char err[512];
     fx[i].fx = tw_fixture_load_json(fx[i].path, err, sizeof err);
@@ -370,7 +442,8 @@ int main(void) {
   tests[n + 2] = (struct CMUnitTest)cmocka_unit_test(test_lww_tie_breaks_by_seq);
   tests[n + 3] = (struct CMUnitTest)cmocka_unit_test(test_utf8);
   tests[n + 4] = (struct CMUnitTest)cmocka_unit_test(test_timeline_entry_texts);
-  int rc = _cmocka_run_group_tests("reducer", tests, n + 5, NULL, NULL);
+  tests[n + 5] = (struct CMUnitTest)cmocka_unit_test(test_blocks_rebuilt);
+  int rc = _cmocka_run_group_tests("reducer", tests, n + 6, NULL, NULL);
   for (size_t i = 0; i < n; i++) bson_destroy(fx[i].fx);
   free(fx);
   free(tests);

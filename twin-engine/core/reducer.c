@@ -92,9 +92,11 @@ tw_telemetry_t *tw_twin_tel_mut(tw_twin_t *t) {
   return t->tel;
 }
 
+static uint32_t window_words(uint32_t w) { return (w + 63) / 64; }
+
 /* Every cache line of a block of n bytes at p, which malloc aligned to at
  * least 16 bytes: n + 48 bytes from the start of p's line cover the block
- * wherever it starts. n is a constant, so the loop unrolls. */
+ * wherever it starts. With a constant n the loop unrolls. */
 static inline void prefetch_block(const void *p, size_t n) {
   const char *line = (const char *)((uintptr_t)p & ~(uintptr_t)63);
   for (size_t off = 0; off < n + 48; off += 64) __builtin_prefetch(line + off);
@@ -111,9 +113,9 @@ void tw_twin_prefetch(const tw_twin_t *t, int stage) {
     if (t->n_timeline < t->cap_timeline) __builtin_prefetch(&t->timeline[t->n_timeline]);
     break;
   case 2:
-    for (uint32_t i = 0; i < t->n_sources; i++) {
-      __builtin_prefetch(t->sources[i].bits);
-      __builtin_prefetch(t->sources[i].name); /* after the window's words: maybe the next line */
+    if (t->n_sources) { /* the block's entries, windows and names; the first few lines */
+      size_t n = t->n_sources * (sizeof *t->sources + 8 * window_words(t->seq_window) + 8);
+      prefetch_block(t->sources, n < 256 ? n : 256);
     }
     for (uint32_t i = 0; i < t->n_alerts; i++) __builtin_prefetch(t->alerts[i].rule);
     if (t->tel) {
@@ -223,12 +225,10 @@ void tw_twin_destroy(tw_twin_t *t) {
     for (uint32_t i = 0; i < tel->dtc_codes.n; i++) free(tel->dtc_codes.s[i]);
     free(tel->dtc_codes.s);
     free(tel->firmware_version);
-    for (uint32_t i = 0; i < tel->n_metrics; i++) free(tel->metrics[i].name);
-    free(tel->metrics);
+    free(tel->metrics); /* and the names in it */
     free(tel);
   }
-  for (uint32_t i = 0; i < t->n_sources; i++) free(t->sources[i].bits); /* and the name in it */
-  free(t->sources);
+  free(t->sources); /* and the windows and names in it */
   for (uint32_t i = 0; i < t->n_timeline; i++) free(t->timeline[i]);
   free(t->timeline);
   for (uint32_t i = 0; i < t->n_open_recalls; i++) free(t->open_recalls[i]);
@@ -244,11 +244,13 @@ void tw_twin_destroy(tw_twin_t *t) {
 
 /* ---- Seq window ------------------------------------------------------------ */
 
-static uint32_t window_words(uint32_t w) { return (w + 63) / 64; }
-
-/* Finds or inserts the source, keeping the array sorted by name. */
-tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window) {
-  uint32_t lo = 0, hi = t->n_sources;
+/* A twin's sources are one block: the entries, sorted by name, then each
+ * one's window (window_words(t->seq_window) words), then the names back
+ * to back (each NUL-terminated). A look-up reads a line or two next to
+ * each other instead of an allocation per source; a new source (a twin's
+ * first event from it) rebuilds the block. */
+tw_source_t *tw_twin_source(tw_twin_t *t, const char *name) {
+  uint32_t lo = 0, hi = t->n_sources, n = t->n_sources;
   while (lo < hi) {
     uint32_t mid = (lo + hi) / 2;
     int c = strcmp(t->sources[mid].name, name);
@@ -258,17 +260,31 @@ tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window) {
     else
       hi = mid;
   }
-  t->sources = tw_xrealloc(t->sources, (t->n_sources + 1) * sizeof *t->sources);
-  memmove(&t->sources[lo + 1], &t->sources[lo], (t->n_sources - lo) * sizeof *t->sources);
-  t->n_sources++;
-  tw_source_t *s = &t->sources[lo];
-  /* One block: the window's words, then the name (one malloc, not two). */
-  size_t nw = window_words(window), len = strlen(name) + 1;
-  s->bits = tw_xmalloc(nw * sizeof(uint64_t) + len);
-  memset(s->bits, 0, nw * sizeof(uint64_t));
-  s->name = memcpy((char *)(s->bits + nw), name, len);
-  s->hwm = 0;
-  return s;
+  tw_source_t *old = t->sources;
+  size_t nw = window_words(t->seq_window), size = (n + 1) * (sizeof *old + nw * sizeof(uint64_t));
+  size += strlen(name) + 1;
+  for (uint32_t i = 0; i < n; i++) size += strlen(old[i].name) + 1;
+  tw_source_t *v = tw_xmalloc(size);
+  uint64_t *bits = (uint64_t *)(v + n + 1);
+  char *p = (char *)(bits + (n + 1) * nw);
+  for (uint32_t i = 0, j = 0; i <= n; i++, bits += nw) {
+    const char *nm = name;
+    v[i].bits = bits;
+    if (i == lo) {
+      v[i].hwm = 0;
+      memset(bits, 0, nw * sizeof *bits);
+    } else {
+      v[i].hwm = old[j].hwm;
+      memcpy(bits, old[j].bits, nw * sizeof *bits);
+      nm = old[j++].name;
+    }
+    v[i].name = p;
+    copy_to(&p, nm, strlen(nm) + 1);
+  }
+  free(old);
+  t->sources = v;
+  t->n_sources = n + 1;
+  return &v[lo];
 }
 
 /* Moves every bit d positions up (towards older seqs), dropping bits that
@@ -423,8 +439,12 @@ static void put_dtcs(tw_strs_t *f, char **codes, size_t n, tel_ctx_t *c) {
   c->applied++;
 }
 
+/* A twin's metrics and their names are one block: the entries, sorted by
+ * name, then the names back to back (each NUL-terminated), so a look-up
+ * reads a line or two next to each other instead of an allocation per
+ * name. A new metric (a twin's first reports of it) rebuilds the block. */
 tw_metric_t *tw_telemetry_metric(tw_telemetry_t *tel, const char *name) {
-  uint32_t lo = 0, hi = tel->n_metrics;
+  uint32_t lo = 0, hi = tel->n_metrics, n = tel->n_metrics;
   while (lo < hi) {
     uint32_t mid = (lo + hi) / 2;
     int cmp = strcmp(tel->metrics[mid].name, name);
@@ -434,12 +454,26 @@ tw_metric_t *tw_telemetry_metric(tw_telemetry_t *tel, const char *name) {
     else
       hi = mid;
   }
-  tel->metrics = tw_xrealloc(tel->metrics, (tel->n_metrics + 1) * sizeof *tel->metrics);
-  memmove(&tel->metrics[lo + 1], &tel->metrics[lo], (tel->n_metrics - lo) * sizeof *tel->metrics);
-  tel->n_metrics++;
-  memset(&tel->metrics[lo], 0, sizeof tel->metrics[lo]);
-  tel->metrics[lo].name = tw_xstrdup(name);
-  return &tel->metrics[lo];
+  tw_metric_t *old = tel->metrics;
+  size_t size = (n + 1) * sizeof *old + strlen(name) + 1;
+  for (uint32_t i = 0; i < n; i++) size += strlen(old[i].name) + 1;
+  tw_metric_t *v = tw_xmalloc(size);
+  char *p = (char *)(v + n + 1);
+  for (uint32_t i = 0, j = 0; i <= n; i++) {
+    const char *nm = name;
+    if (i == lo) {
+      v[i].val = (tw_scalar_t){0};
+    } else {
+      v[i].val = old[j].val;
+      nm = old[j++].name;
+    }
+    v[i].name = p;
+    copy_to(&p, nm, strlen(nm) + 1);
+  }
+  free(old);
+  tel->metrics = v;
+  tel->n_metrics = n + 1;
+  return &v[lo];
 }
 
 static void trend_add(tw_trend_t *tr, int64_t at, double soh) {
@@ -766,7 +800,7 @@ tw_outcome_t tw_reduce(tw_twin_t *t, const Twin__V1__Envelope *env, const char *
   uint32_t w = t->seq_window;
   if (reason) *reason = NULL;
   t->seen++;
-  tw_source_t *src = tw_twin_source(t, env->source, w);
+  tw_source_t *src = tw_twin_source(t, env->source);
   tw_outcome_t o = seq_admit(src, env->seq, w);
   if (o == TW_OUT_DUPLICATE) {
     t->counters.duplicates++;

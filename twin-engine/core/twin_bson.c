@@ -579,7 +579,7 @@ static void read_source(tw_twin_t *t, const bson_iter_t *it, rd_t *r) {
     free(missing);
     return;
   }
-  tw_source_t *s = tw_twin_source(t, name, t->seq_window);
+  tw_source_t *s = tw_twin_source(t, name);
   uint32_t w = t->seq_window;
   s->hwm = hwm;
   /* Every seq in the window that exists (>= 1) was seen, but the missing ones. */

@@ -5,7 +5,7 @@
 #include "twin/twin.h"
 
 /* Finds or inserts (sorted) a source / metric / new timeline entry. */
-tw_source_t *tw_twin_source(tw_twin_t *t, const char *name, uint32_t window);
+tw_source_t *tw_twin_source(tw_twin_t *t, const char *name);
 tw_metric_t *tw_telemetry_metric(tw_telemetry_t *tel, const char *name);
 /* Appends an entry made of in's texts (borrowed, e.g. from a decoded
  * message or a BSON document), copied into the entry's one allocation. */
