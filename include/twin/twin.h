@@ -70,10 +70,16 @@ typedef struct {
   tw_stamp_t st;
 } tw_scalar_t;
 
+/* Up to TW_VEC_INLINE values (a vehicle's wheels) live in the vector
+ * itself, so reading them touches no other block; v points to inl then,
+ * to an owned array for more. Set with tw_vec_set(); a vector is never
+ * copied by value (it lives in the twin's telemetry block). */
+#define TW_VEC_INLINE 4
 typedef struct {
-  double *v; /* owned */
+  double *v; /* inl, or owned when n > TW_VEC_INLINE; NULL when never set */
   uint32_t n;
   tw_stamp_t st;
+  double inl[TW_VEC_INLINE];
 } tw_vec_t;
 
 typedef struct {

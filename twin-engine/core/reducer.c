@@ -120,8 +120,8 @@ void tw_twin_prefetch(const tw_twin_t *t, int stage) {
     for (uint32_t i = 0; i < t->n_alerts; i++) __builtin_prefetch(t->alerts[i].rule);
     if (t->tel) {
       if (t->tel->metrics) __builtin_prefetch(t->tel->metrics);
-      if (t->tel->tire_pressure_kpa.v) __builtin_prefetch(t->tel->tire_pressure_kpa.v);
-      if (t->tel->brake_pad_mm.v) __builtin_prefetch(t->tel->brake_pad_mm.v);
+      if (t->tel->tire_pressure_kpa.n > TW_VEC_INLINE) __builtin_prefetch(t->tel->tire_pressure_kpa.v);
+      if (t->tel->brake_pad_mm.n > TW_VEC_INLINE) __builtin_prefetch(t->tel->brake_pad_mm.v);
     }
     break;
   default:
@@ -220,8 +220,8 @@ void tw_twin_destroy(tw_twin_t *t) {
   free(t->owner);
   tw_telemetry_t *tel = t->tel;
   if (tel) {
-    free(tel->tire_pressure_kpa.v);
-    free(tel->brake_pad_mm.v);
+    tw_vec_set(&tel->tire_pressure_kpa, NULL, 0); /* frees an owned array */
+    tw_vec_set(&tel->brake_pad_mm, NULL, 0);
     for (uint32_t i = 0; i < tel->dtc_codes.n; i++) free(tel->dtc_codes.s[i]);
     free(tel->dtc_codes.s);
     free(tel->firmware_version);
@@ -364,15 +364,29 @@ static void put_field(tw_telemetry_t *tel, tw_scalar_field_t f, double v, tel_ct
   put_scalar(&tel->scalars[f], v, c, TW_SIG_SCALAR(f));
 }
 
+void tw_vec_set(tw_vec_t *f, const double *v, size_t n) {
+  bool owned = f->v && f->v != f->inl;
+  if (owned && (n <= TW_VEC_INLINE || f->n != n)) {
+    free(f->v);
+    owned = false;
+  }
+  if (n == 0)
+    f->v = NULL;
+  else if (n <= TW_VEC_INLINE)
+    f->v = f->inl;
+  else if (!owned)
+    f->v = tw_xmalloc(n * sizeof *v); /* kept while the wheel count stays */
+  if (n) memcpy(f->v, v, n * sizeof *v);
+  f->n = (uint32_t)n;
+}
+
 static void put_vec(tw_vec_t *f, const double *v, size_t n, tel_ctx_t *c, uint32_t sig) {
   if (!newer(&f->st, c->at, c->seq)) {
     c->stale++;
     return;
   }
   if (!tw_stamp_set(&f->st) || f->n != n || !same_bits(f->v, v, n)) c->changed |= sig;
-  if (!f->v || f->n != n) f->v = tw_xrealloc(f->v, n * sizeof *v); /* most reports keep the wheel count */
-  memcpy(f->v, v, n * sizeof *v);
-  f->n = (uint32_t)n;
+  tw_vec_set(f, v, n);
   stamp(&f->st, c->at, c->seq);
   c->applied++;
 }

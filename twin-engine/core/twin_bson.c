@@ -459,7 +459,12 @@ static void read_telemetry(tw_twin_t *tw, const bson_iter_t *tel) {
     if (strcmp(k, "tire_pressure_kpa") == 0 || strcmp(k, "brake_pad_mm") == 0) {
       tw_telemetry_t *t = tw_twin_tel_mut(tw);
       tw_vec_t *vec = k[0] == 't' ? &t->tire_pressure_kpa : &t->brake_pad_mm;
-      if (sub_find(&in, "value", &v)) vec->v = read_doubles(&v, &vec->n);
+      if (sub_find(&in, "value", &v)) {
+        uint32_t n;
+        double *d = read_doubles(&v, &n);
+        tw_vec_set(vec, d, n);
+        free(d);
+      }
       read_stamp_from(&in, &vec->st);
     } else if (strcmp(k, "dtc_codes") == 0) {
       tw_telemetry_t *t = tw_twin_tel_mut(tw);
