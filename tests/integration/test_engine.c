@@ -344,8 +344,9 @@ static void test_refuses_bad_setup(void **state) {
 }
 
 /* Kafka prefetch limits: the engine's defaults split 500,000 messages and
- * 128 MiB between the shards (never below 100,000 / 16 MiB each), a
- * kafka.* setting wins, and the log says which is in effect. */
+ * 128 MiB between the shards (never below 100,000 / 16 MiB each) and fetch
+ * up to 4 MiB per partition, a kafka.* setting (under either of
+ * librdkafka's names) wins, and the log says which is in effect. */
 static void test_prefetch_limits(void **state) {
   (void)state;
   h_scenario_t s;
@@ -361,7 +362,10 @@ static void test_prefetch_limits(void **state) {
       {16, NULL,
        "queued.min.messages=100000 (engine default), queued.max.messages.kbytes=16384 (engine default)"},
       {2, "kafka.queued.min.messages=20000",
-       "queued.min.messages=20000 (config), queued.max.messages.kbytes=65536 (engine default)"},
+       "queued.min.messages=20000 (config), queued.max.messages.kbytes=65536 (engine default); "
+       "max.partition.fetch.bytes=4194304 (engine default)"},
+      {2, "kafka.max.partition.fetch.bytes=1048576", "; max.partition.fetch.bytes=1048576 (config)"},
+      {2, "kafka.fetch.message.max.bytes=2097152", "; max.partition.fetch.bytes=2097152 (config)"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const char *extra[] = {cases[i].set, NULL};

@@ -339,6 +339,14 @@ static rd_kafka_conf_t *kafka_conf(const tw_config_t *cfg, bool consumer) {
       snprintf(buf, sizeof buf, "%ld", 131072 / sh > 16384 ? 131072 / sh : 16384);
       ok = kconf_set(kc, "queued.max.messages.kbytes", buf, "engine");
     }
+    /* Up to 4 MiB per partition in a fetch response instead of librdkafka's
+     * 1 MiB: on a backlog the same 10 M events took 12-21 % less time and
+     * the shards 15 % less CPU (README, Benchmarks), for a larger peak RSS
+     * while catching up. fetch.message.max.bytes is librdkafka's own name
+     * for it. */
+    if (ok && !tw_config_kafka(cfg, "max.partition.fetch.bytes") &&
+        !tw_config_kafka(cfg, "fetch.message.max.bytes"))
+      ok = kconf_set(kc, "max.partition.fetch.bytes", "4194304", "engine");
   } else if (ok) {
     /* Alerts and dead letters: idempotent (no duplicates from retries) and
      * never expiring; a flush waits for them before the snapshots that
@@ -1531,17 +1539,22 @@ int tw_engine_run(const tw_config_t *cfg) {
   {
     /* The limits in effect, read back from the consumer: they decide how
      * fast a shard catches up and how much memory that takes. */
-    char qmin[32] = "?", qkb[32] = "?";
-    size_t n1 = sizeof qmin, n2 = sizeof qkb;
+    char qmin[32] = "?", qkb[32] = "?", fetch[32] = "?";
+    size_t n1 = sizeof qmin, n2 = sizeof qkb, n3 = sizeof fetch;
     const rd_kafka_conf_t *ec = rd_kafka_conf(e.consumer);
     rd_kafka_conf_get(ec, "queued.min.messages", qmin, &n1);
     rd_kafka_conf_get(ec, "queued.max.messages.kbytes", qkb, &n2);
+    rd_kafka_conf_get(ec, "fetch.message.max.bytes", fetch, &n3);
     queued_min = atol(qmin);
     bool set_min = tw_config_kafka(cfg, "queued.min.messages"),
-         set_kb = tw_config_kafka(cfg, "queued.max.messages.kbytes");
+         set_kb = tw_config_kafka(cfg, "queued.max.messages.kbytes"),
+         set_fetch = tw_config_kafka(cfg, "max.partition.fetch.bytes") ||
+                     tw_config_kafka(cfg, "fetch.message.max.bytes");
     TW_INFO("engine",
-            "Kafka prefetch per shard: queued.min.messages=%s (%s), queued.max.messages.kbytes=%s (%s)", qmin,
-            set_min ? "config" : "engine default", qkb, set_kb ? "config" : "engine default");
+            "Kafka prefetch per shard: queued.min.messages=%s (%s), queued.max.messages.kbytes=%s (%s); "
+            "max.partition.fetch.bytes=%s (%s)",
+            qmin, set_min ? "config" : "engine default", qkb, set_kb ? "config" : "engine default", fetch,
+            set_fetch ? "config" : "engine default");
   }
   if (!check_topics(&e)) goto out_consumer;
 
