@@ -133,18 +133,24 @@ static void test_fixture(void **state) {
 
 /* ---- Seq window edge cases, without fixtures ------------------------------- */
 
-static tw_outcome_t tel(tw_twin_t *t, const char *src, uint64_t seq, int64_t at, double odo) {
+/* Reduces a telemetry report tm from src into t. */
+static tw_outcome_t reduce_tel(tw_twin_t *t, const char *src, uint64_t seq, int64_t at,
+                               Twin__V1__Telemetry *tm) {
   Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
-  Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
   env.product_id = t->product_id;
   env.source = (char *)src;
   env.seq = seq;
   env.event_time_ms = at;
   env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
-  env.telemetry = &tm;
+  env.telemetry = tm;
+  return tw_reduce(t, &env, NULL);
+}
+
+static tw_outcome_t tel(tw_twin_t *t, const char *src, uint64_t seq, int64_t at, double odo) {
+  Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
   tm._odometer_km_case = TWIN__V1__TELEMETRY___ODOMETER_KM_ODOMETER_KM;
   tm.odometer_km = odo;
-  return tw_reduce(t, &env, NULL);
+  return reduce_tel(t, src, seq, at, &tm);
 }
 
 /* A timeline entry owns copies of every text of its event, in one block:
@@ -267,20 +273,13 @@ static void test_window_multiword(void **state) {
 /* A telemetry event with one metric. */
 static tw_outcome_t metric(tw_twin_t *t, const char *src, uint64_t seq, int64_t at, const char *key,
                            double v) {
-  Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
   Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
   Twin__V1__Telemetry__MetricsEntry me = TWIN__V1__TELEMETRY__METRICS_ENTRY__INIT, *mp = &me;
   me.key = (char *)key;
   me.value = v;
-  env.product_id = t->product_id;
-  env.source = (char *)src;
-  env.seq = seq;
-  env.event_time_ms = at;
-  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
-  env.telemetry = &tm;
   tm.n_metrics = 1;
   tm.metrics = &mp;
-  return tw_reduce(t, &env, NULL);
+  return reduce_tel(t, src, seq, at, &tm);
 }
 
 /* A twin's sources (entries, windows, names) and its metrics (entries,
@@ -340,17 +339,10 @@ static void test_blocks_rebuilt(void **state) {
 static tw_outcome_t tires(tw_twin_t *t, uint64_t seq, size_t n, double base) {
   double v[16];
   for (size_t i = 0; i < n; i++) v[i] = base + (double)i;
-  Twin__V1__Envelope env = TWIN__V1__ENVELOPE__INIT;
   Twin__V1__Telemetry tm = TWIN__V1__TELEMETRY__INIT;
-  env.product_id = t->product_id;
-  env.source = "tcu";
-  env.seq = seq;
-  env.event_time_ms = (int64_t)seq * 1000;
-  env.payload_case = TWIN__V1__ENVELOPE__PAYLOAD_TELEMETRY;
-  env.telemetry = &tm;
   tm.n_tire_pressure_kpa = n;
   tm.tire_pressure_kpa = v;
-  return tw_reduce(t, &env, NULL);
+  return reduce_tel(t, "tcu", seq, (int64_t)seq * 1000, &tm);
 }
 
 static void assert_tires(const tw_twin_t *t, size_t n, double base) {
