@@ -154,7 +154,86 @@ static void test_ferretdb_kill_and_stall(void **state) {
   h_scenario_cleanup(&s);
 }
 
+/* The flush count and total flush seconds of the one shard, from /metrics. */
+static void flush_stats(int port, double *count, double *secs) {
+  static char body[1 << 18];
+  assert_true(h_http_get(port, "/metrics", body, sizeof body));
+  *count = h_metric_max(body, "twin_flush_duration_seconds_count");
+  *secs = h_metric_max(body, "twin_flush_duration_seconds_sum");
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* 4. A slower store does not stretch snapshot.interval.ms: a flush is due
+ * an interval after the one before started, so a twin is written at most
+ * an interval and one flush after it changed. The engine reaches FerretDB
+ * through the latency proxy (40-60 ms each way, several round trips per
+ * flush) while a steady load keeps twins dirty; the shard must flush
+ * about once an interval, not once per interval plus a flush. The flushes'
+ * ends are timed by watching the flush count every 20 ms. */
+static void test_flush_interval_on_slow_store(void **state) {
+  (void)state;
+  f_run_t r;
+  f_begin(&r, "flush interval, slow store");
+  h_scenario_t s;
+  h_scenario_init(&s, "f_interval", 2);
+  const char *port = strrchr(s.mongo_uri, ':');
+  assert_non_null(port);
+  f_proxy_t *proxy = f_proxy_start(atoi(port + 1));
+  char uri[128];
+  snprintf(uri, sizeof uri, "mongo.uri=mongodb://127.0.0.1:%d", f_proxy_port(proxy));
+  const int interval = 4000;
+  const char *set[] = {uri, "snapshot.interval.ms=4000", NULL};
+  pid_t e = h_engine_start(&s, 1, set);
+  int http = h_engine_http_port(h_engine_log());
+  assert_true(http > 0);
+  const char *sim[] = {"--seed", "53",         "--products", "10",      "--rate",
+                       "100",    "--duration", "50",         "--quiet", NULL};
+  pid_t sim_pid = h_sim_start(&s, sim);
+  f_proxy_delay(proxy, f_rnd(40, 60));
+  r.faults++;
+  f_msleep(6000); /* every twin made */
+  double c0, s0, c, secs, last;
+  flush_stats(http, &c0, &s0);
+  last = c0;
+  int64_t ends[64];
+  size_t n = 0;
+  for (int64_t t0 = f_now_ms(); f_now_ms() - t0 < 36000 && n < 64;) {
+    f_msleep(20);
+    flush_stats(http, &c, &secs);
+    if (c != last) ends[n++] = f_now_ms();
+    last = c;
+  }
+  assert_true(n >= 4);
+  int64_t gaps[63];
+  for (size_t i = 1; i < n; i++) gaps[i - 1] = ends[i] - ends[i - 1];
+  qsort(gaps, n - 1, sizeof *gaps, cmp_i64);
+  double took = (secs - s0) / (c - c0) * 1000.0;
+  int64_t period = gaps[(n - 1) / 2];
+  fprintf(stderr,
+          "[fault] FerretDB 40-60 ms away, snapshot.interval.ms=%d: %zu flushes, one every %lld ms (median; "
+          "%lld..%lld), each %.0f ms\n",
+          interval, n, (long long)period, (long long)gaps[0], (long long)gaps[n - 2], took);
+  /* The regime this is about: a flush much slower than a round trip,
+   * faster than half the interval (slower ones count from their end on
+   * purpose). */
+  assert_true(took > 200 && took < interval / 2);
+  /* Counted from the end, the period would be interval + took. */
+  assert_true(period < interval + took / 2);
+  f_proxy_delay(proxy, 0);
+  h_sim_wait(&s, sim_pid);
+  assert_true(h_wait_caught_up(&s, 120));
+  assert_int_equal(h_engine_stop(e, SIGTERM), 0);
+  f_proxy_stop(proxy);
+  f_finish(&r, &s);
+  h_scenario_cleanup(&s);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_ferretdb_kill_and_stall)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_ferretdb_kill_and_stall),
+                                     cmocka_unit_test(test_flush_interval_on_slow_store)};
   return f_main(tests, sizeof tests / sizeof tests[0]);
 }

@@ -584,7 +584,13 @@ static bool flush(shard_t *s) {
       return false;
     }
   }
-  s->last_flush_ms = tw_mono_ms();
+  /* The next flush is due snapshot.interval.ms after this one started, so
+   * a twin is written at most an interval and one flush after it changed
+   * (it was an interval and two flushes, counted from the end). A flush
+   * that took more than half the interval counts from its end, so a slow
+   * database still leaves the shard a whole interval to consume. */
+  int64_t end = tw_mono_ms();
+  s->last_flush_ms = end - t0 <= e->cfg->snapshot_interval_ms / 2 ? t0 : end;
   atomic_store(&s->st.last_flush_wall_ms, tw_now_ms());
   atomic_store(&s->st.dirty_since_wall_ms, 0);
   if (n) {
