@@ -5,6 +5,9 @@
  *   twin-bench-tool count BROKERS TOPIC...               messages in the topics (sum of end - start)
  *   twin-bench-tool dropdb MONGO_URI DATABASE             drop a database
  *   twin-bench-tool server MONGO_URI DATABASE             "ferretdb" or "mongodb" (buildInfo)
+ *   twin-bench-tool freshness BROKERS MONGO_URI DATABASE TELEMETRY LIFECYCLE ALERTS [POLL_MS [DRAIN_S]]
+ *                                                         produced -> in a snapshot / alert read
+ * (freshness_cmd.c)
  */
 #include <librdkafka/rdkafka.h>
 #include <mongoc/mongoc.h>
@@ -12,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+int fr_cmd(int argc, char **argv); /* freshness_cmd.c */
 
 static rd_kafka_t *client(const char *brokers) {
   char err[512];
@@ -129,11 +134,14 @@ static int mongo_cmd(const char *cmd, const char *uri, const char *db) {
 }
 
 int main(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], "freshness") == 0) return fr_cmd(argc - 2, argv + 2);
   if (argc == 4 && (strcmp(argv[1], "dropdb") == 0 || strcmp(argv[1], "server") == 0))
     return mongo_cmd(argv[1], argv[2], argv[3]);
   if (argc < 4) {
     fprintf(stderr, "usage: twin-bench-tool create|delete|count BROKERS TOPIC[:PARTITIONS]...\n"
-                    "       twin-bench-tool dropdb|server MONGO_URI DATABASE\n");
+                    "       twin-bench-tool dropdb|server MONGO_URI DATABASE\n"
+                    "       twin-bench-tool freshness BROKERS MONGO_URI DATABASE TELEMETRY LIFECYCLE ALERTS "
+                    "[POLL_MS [DRAIN_S]]\n");
     return 2;
   }
   rd_kafka_t *rk = client(argv[2]);
