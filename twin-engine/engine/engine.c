@@ -147,6 +147,7 @@ typedef struct {
   tw_arena_t arena;      /* the batch's decoded envelopes; reset after each batch */
   int64_t batch_wall_ms; /* when the batch being applied was consumed */
   bool fenced;           /* the last flush waited for an export (store.h fence) */
+  bool behind;           /* the last consume filled its batch: a backlog */
   uint64_t flush_seq;    /* flush ids for the export fence */
   bool dlq_pending;      /* DLQ messages produced since the last flush */
   bool alerts_pending;   /* alerts produced since the last flush */
@@ -584,13 +585,15 @@ static bool flush(shard_t *s) {
       return false;
     }
   }
-  /* The next flush is due snapshot.interval.ms after this one started, so
-   * a twin is written at most an interval and one flush after it changed
-   * (it was an interval and two flushes, counted from the end). A flush
-   * that took more than half the interval counts from its end, so a slow
-   * database still leaves the shard a whole interval to consume. */
-  int64_t end = tw_mono_ms();
-  s->last_flush_ms = end - t0 <= e->cfg->snapshot_interval_ms / 2 ? t0 : end;
+  /* A shard that keeps up flushes again snapshot.interval.ms after this
+   * flush started, so a twin is written at most an interval and one flush
+   * after it changed (counted from the end, it was an interval and two
+   * flushes), but not sooner than a quarter interval after this one ended,
+   * not to press a slow database. A shard behind (its last batch was full)
+   * counts from the end: a backlog gets a whole interval of consuming
+   * between flushes. */
+  int64_t end = tw_mono_ms(), iv = e->cfg->snapshot_interval_ms, soonest = end - iv + iv / 4;
+  s->last_flush_ms = s->behind ? end : t0 > soonest ? t0 : soonest;
   atomic_store(&s->st.last_flush_wall_ms, tw_now_ms());
   atomic_store(&s->st.dirty_since_wall_ms, 0);
   if (n) {
@@ -921,6 +924,7 @@ static void *shard_main(void *arg) {
       sleep_ms(100);
       continue;
     }
+    s->behind = n == BATCH_MAX;
     if (n > 0) {
       run_commands(s); /* an assignment queued just before these messages */
       process_batch(s, msgs, (size_t)n);
