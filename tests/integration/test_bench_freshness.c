@@ -1,0 +1,103 @@
+/* test_bench_freshness.c - twin-bench-tool freshness, the benchmark's
+ * outside view of freshness, against the real engine, Kafka and FerretDB:
+ * every event twin-sim sent is found in its product's snapshot, every
+ * alert is joined to its event, and the latencies are those of a snapshot
+ * interval (above zero, at most a few intervals). The join itself is
+ * tested in tests/unit/test_freshness.c. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+/* The number after "key": in the JSON line (keys are unique here). */
+static long long num_after(const char *json, const char *key) {
+  const char *p = strstr(json, key);
+  if (!p) fail_msg("no %s in %s", key, json);
+  return strtoll(p + strlen(key), NULL, 10);
+}
+
+static void msleep(int ms) { usleep((useconds_t)ms * 1000); }
+
+static void test_freshness_tool(void **state) {
+  (void)state;
+  h_scenario_t s;
+  h_scenario_init(&s, "bench_fresh", 4);
+  const char *set[] = {"snapshot.interval.ms=500", NULL};
+  pid_t e = h_engine_start(&s, 2, set);
+
+  char out[400], tool[300];
+  snprintf(out, sizeof out, "%s/freshness.out", s.logdir);
+  snprintf(tool, sizeof tool, "%s/twin-bench-tool", s.bin_dir);
+  pid_t t = fork();
+  assert_true(t >= 0);
+  if (t == 0) {
+    if (!freopen(out, "w", stdout)) _exit(127);
+    execl(tool, tool, "freshness", s.bootstrap, s.mongo_uri, s.database, s.telemetry, s.lifecycle, s.alerts,
+          "50", "60", (char *)NULL);
+    _exit(127);
+  }
+  char *text = NULL;
+  for (int i = 0; i < 600; i++) {
+    free(text);
+    text = h_slurp(out);
+    if (text && strncmp(text, "ready", 5) == 0) break;
+    msleep(100);
+  }
+  assert_non_null(text);
+  assert_true(strncmp(text, "ready", 5) == 0);
+
+  const char *sim[] = {"--seed", "61",         "--products", "30",      "--rate",
+                       "2000",   "--duration", "6",          "--quiet", NULL};
+  h_run_sim(&s, sim);
+  int64_t sent = h_end_offsets_total(&s);
+  kill(t, SIGINT);
+  int status;
+  assert_int_equal(waitpid(t, &status, 0), t);
+  free(text);
+  text = h_slurp(out);
+  assert_non_null(text);
+  fprintf(stderr, "[test] %s", text);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0); /* 3: an event never read */
+  const char *json = strchr(text, '{');
+  assert_non_null(json);
+
+  /* Every event sent, each found in a snapshot. */
+  assert_int_equal(num_after(json, "\"events\":"), sent);
+  const char *snap = strstr(json, "\"snapshot\":");
+  const char *alert = strstr(json, "\"alert\":");
+  assert_non_null(snap);
+  assert_non_null(alert);
+  assert_int_equal(num_after(snap, "\"n\":"), sent);
+  assert_int_equal(num_after(snap, "\"unmatched\":"), 0);
+  /* Snapshots every 500 ms: an event waits for the next flush (its median
+   * above a millisecond) and, on a loaded machine, a few of them. */
+  long long p50 = num_after(snap, "\"p50_ms\":"), max = num_after(snap, "\"max_ms\":");
+  assert_true(p50 >= 1);
+  assert_true(p50 <= num_after(snap, "\"p99_ms\":") && num_after(snap, "\"p99_ms\":") <= max);
+  assert_true(max < 15000);
+  /* Alerts: twin-sim's fleet raises some, each joined to its event. */
+  assert_true(num_after(alert, "\"n\":") > 0);
+  assert_int_equal(num_after(alert, "\"unmatched\":"), 0);
+  assert_true(num_after(alert, "\"max_ms\":") < 15000);
+  assert_true(num_after(json, "\"polls\":") > 10);
+  assert_int_equal(num_after(json, "\"poll_errors\":"), 0);
+  free(text);
+
+  assert_int_equal(h_engine_stop(e, SIGTERM), 0);
+  h_scenario_cleanup(&s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_freshness_tool)};
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
