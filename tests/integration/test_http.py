@@ -404,6 +404,13 @@ def mode_main(a, validator):
                     ("/v1/stats", "401"), ("viewer", "200"), ("viewer", "304")):
             check(seen.get(key, 0) >= 1, f"twin_http_requests_total{{route={key[0]},code={key[1]}}} missing: {sorted(seen)}")
     check("twin_http_request_duration_seconds" in fams, "no request duration histogram")
+    # Snapshot freshness can be read at 1, 1.5 and 2 default intervals without interpolating.
+    if "twin_snapshot_delay_seconds" in fams:
+        les = {float(s.labels["le"]) for s in fams["twin_snapshot_delay_seconds"].samples if s.name.endswith("_bucket")}
+        for le in (0.75, 1.0, 1.5, 2.0):
+            check(le in les, f"twin_snapshot_delay_seconds has no le={le} bucket: {sorted(les)}")
+    else:
+        check(False, "no twin_snapshot_delay_seconds histogram")
     check(len(fams) > 3, f"only {len(fams)} metric families (the engine's are missing?)")
     for t in a.token:
         check(t not in text, "/metrics shows a token")

@@ -92,10 +92,12 @@ typedef struct engine engine_t;
 #define FLUSH_TIME_BUCKETS 9
 static const double flush_size_le[FLUSH_SIZE_BUCKETS] = {1, 10, 100, 1000, 10000, 100000, 1000000};
 static const double flush_time_le[FLUSH_TIME_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10};
-/* Freshness: consumed -> snapshot written, consumed -> alert acknowledged. */
-#define DELAY_BUCKETS 14
-static const double delay_le[DELAY_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                               0.25,  0.5,    1,     2.5,  5,     10,   30};
+/* Freshness: consumed -> snapshot written, consumed -> alert acknowledged.
+ * Fine around the default snapshot interval (1 s), so 1.5 and 2 intervals
+ * can be read off (and alerted on) without interpolating. */
+#define DELAY_BUCKETS 17
+static const double delay_le[DELAY_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                               0.75,  1,      1.5,   2,    2.5,   5,    10,  30};
 typedef struct {
   _Atomic uint64_t bucket[DELAY_BUCKETS], count, sum_us;
 } delay_hist_t;
