@@ -24,7 +24,7 @@
 # Freshness is measured from outside the engine (twin-bench-tool freshness:
 # produced -> readable in MongoDB, produced -> alert read from Kafka) over
 # BENCH_FRESH_PRODUCTS products (default: the scale's fleet on MongoDB, 20
-# on FerretDB, which the local stack runs: it writes about 40 twin
+# on FerretDB, which the local stack runs: it writes 25-65 twin
 # snapshots a second here and scans its whole collection for every
 # update, so a larger fleet would measure FerretDB). On FerretDB alert
 # latency is also measured over the whole fleet with snapshots deferred.
