@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,12 +155,13 @@ static void test_ferretdb_kill_and_stall(void **state) {
   h_scenario_cleanup(&s);
 }
 
-/* The flush count and total flush seconds of the one shard, from /metrics. */
-static void flush_stats(int port, double *count, double *secs) {
-  static char body[1 << 18];
-  assert_true(h_http_get(port, "/metrics", body, sizeof body));
-  *count = h_metric_max(body, "twin_flush_duration_seconds_count");
-  *secs = h_metric_max(body, "twin_flush_duration_seconds_sum");
+/* A shard's sample of a metric (name{shard="k"} value), -1 if none. */
+static double shard_metric(const char *body, const char *name, int shard) {
+  char want[128];
+  int n = snprintf(want, sizeof want, "%s{shard=\"%d\"} ", name, shard);
+  for (const char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+    if (strncmp(p, want, (size_t)n) == 0) return strtod(p + n, NULL);
+  return -1;
 }
 
 static int cmp_i64(const void *a, const void *b) {
@@ -167,14 +169,23 @@ static int cmp_i64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+static int64_t median(int64_t *v, size_t n) {
+  qsort(v, n, sizeof *v, cmp_i64);
+  return v[(n - 1) / 2];
+}
+
+#define MAX_FLUSHES 64
+
 /* 4. A slower store does not stretch snapshot.interval.ms: a shard that
  * keeps up flushes an interval after its previous flush started, so a twin
- * is written at most an interval and one flush after it changed. The
- * engine reaches FerretDB through the latency proxy (40-60 ms each way,
- * several round trips per flush) while a steady load keeps twins dirty;
- * the shard must flush about once an interval, not once per interval plus
- * a flush. The flushes' ends are timed by watching the flush count every
- * 20 ms. */
+ * is written at most an interval and one flush after it changed. And the
+ * shards spread their flushes over the interval, so the database takes one
+ * shard's writes at a time. The engine (2 shards) reaches FerretDB through
+ * the latency proxy (40-60 ms each way, several round trips per flush)
+ * while a steady load keeps twins dirty; each shard must flush about once
+ * an interval, not once per interval plus a flush, and the two shards'
+ * flushes must be apart, not together. The flushes' ends are timed by
+ * watching the shards' flush counts every 20 ms. */
 static void test_flush_interval_on_slow_store(void **state) {
   (void)state;
   f_run_t r;
@@ -188,42 +199,69 @@ static void test_flush_interval_on_slow_store(void **state) {
   snprintf(uri, sizeof uri, "mongo.uri=mongodb://127.0.0.1:%d", f_proxy_port(proxy));
   const int interval = 4000;
   const char *set[] = {uri, "snapshot.interval.ms=4000", NULL};
-  pid_t e = h_engine_start(&s, 1, set);
+  pid_t e = h_engine_start(&s, 2, set);
   int http = h_engine_http_port(h_engine_log());
   assert_true(http > 0);
-  const char *sim[] = {"--seed", "53",         "--products", "10",      "--rate",
-                       "100",    "--duration", "50",         "--quiet", NULL};
+  const char *sim[] = {"--seed", "53",         "--products", "12",      "--rate",
+                       "120",    "--duration", "50",         "--quiet", NULL};
   pid_t sim_pid = h_sim_start(&s, sim);
   f_proxy_delay(proxy, f_rnd(40, 60));
   r.faults++;
   f_msleep(6000); /* every twin made */
-  double c0, s0, c, secs, last;
-  flush_stats(http, &c0, &s0);
-  last = c0;
-  int64_t ends[64];
-  size_t n = 0;
-  for (int64_t t0 = f_now_ms(); f_now_ms() - t0 < 36000 && n < 64;) {
-    f_msleep(20);
-    flush_stats(http, &c, &secs);
-    if (c != last) ends[n++] = f_now_ms();
-    last = c;
+  static char body[1 << 18];
+  double c0[2], s0[2], c[2], secs[2], last[2];
+  assert_true(h_http_get(http, "/metrics", body, sizeof body));
+  for (int k = 0; k < 2; k++) {
+    last[k] = c0[k] = shard_metric(body, "twin_flush_duration_seconds_count", k);
+    s0[k] = shard_metric(body, "twin_flush_duration_seconds_sum", k);
+    assert_true(c0[k] >= 0 && s0[k] >= 0);
   }
-  assert_true(n >= 4);
-  int64_t gaps[63];
-  for (size_t i = 1; i < n; i++) gaps[i - 1] = ends[i] - ends[i - 1];
-  qsort(gaps, n - 1, sizeof *gaps, cmp_i64);
-  double took = (secs - s0) / (c - c0) * 1000.0;
-  int64_t period = gaps[(n - 1) / 2];
-  fprintf(stderr,
-          "[fault] FerretDB 40-60 ms away, snapshot.interval.ms=%d: %zu flushes, one every %lld ms (median; "
-          "%lld..%lld), each %.0f ms\n",
-          interval, n, (long long)period, (long long)gaps[0], (long long)gaps[n - 2], took);
-  /* The regime this is about: a flush much slower than a round trip, and
-   * at most three quarters of the interval (a quarter of it is always left
-   * for consuming). */
-  assert_true(took > 200 && took < interval * 3 / 4);
-  /* Counted from the end, the period would be interval + took. */
-  assert_true(period < interval + took / 2);
+  int64_t ends[2][MAX_FLUSHES];
+  size_t n[2] = {0, 0};
+  for (int64_t t0 = f_now_ms(); f_now_ms() - t0 < 36000 && n[0] < MAX_FLUSHES && n[1] < MAX_FLUSHES;) {
+    f_msleep(20);
+    assert_true(h_http_get(http, "/metrics", body, sizeof body));
+    for (int k = 0; k < 2; k++) {
+      c[k] = shard_metric(body, "twin_flush_duration_seconds_count", k);
+      secs[k] = shard_metric(body, "twin_flush_duration_seconds_sum", k);
+      if (c[k] != last[k]) ends[k][n[k]++] = f_now_ms();
+      last[k] = c[k];
+    }
+  }
+  int64_t gaps[MAX_FLUSHES], period[2], apart[MAX_FLUSHES];
+  double took[2];
+  for (int k = 0; k < 2; k++) {
+    assert_true(n[k] >= 4);
+    for (size_t i = 1; i < n[k]; i++) gaps[i - 1] = ends[k][i] - ends[k][i - 1];
+    period[k] = median(gaps, n[k] - 1);
+    took[k] = (secs[k] - s0[k]) / (c[k] - c0[k]) * 1000.0;
+  }
+  /* How far each of shard 1's flushes ended from the nearest of shard 0's. */
+  for (size_t i = 0; i < n[1]; i++) {
+    apart[i] = INT64_MAX;
+    for (size_t j = 0; j < n[0]; j++) {
+      int64_t d = llabs(ends[1][i] - ends[0][j]);
+      if (d < apart[i]) apart[i] = d;
+    }
+  }
+  int64_t spread = median(apart, n[1]);
+  fprintf(
+      stderr,
+      "[fault] FerretDB 40-60 ms away, snapshot.interval.ms=%d: shard 0 flushed %zu times, one every %lld ms "
+      "(median), each %.0f ms; shard 1 %zu times, every %lld ms, each %.0f ms; their flushes ended %lld ms "
+      "apart (median)\n",
+      interval, n[0], (long long)period[0], took[0], n[1], (long long)period[1], took[1], (long long)spread);
+  for (int k = 0; k < 2; k++) {
+    /* The regime this is about: a flush much slower than a round trip, and
+     * at most three quarters of the interval (a quarter of it is always
+     * left for consuming). */
+    assert_true(took[k] > 150 && took[k] < interval * 3 / 4);
+    /* Counted from the end, the period would be interval + took. */
+    assert_true(period[k] < interval + took[k] / 2);
+  }
+  /* Spread: half an interval apart; together, they would end within the
+   * difference of their flushes' durations. */
+  assert_true(spread > interval / 4);
   f_proxy_delay(proxy, 0);
   h_sim_wait(&s, sim_pid);
   assert_true(h_wait_caught_up(&s, 120));
