@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 #define VEC(T)     \
   struct {         \
     T *v;          \
@@ -18,13 +20,8 @@ static void *grow(void *v, size_t *cap, size_t need, size_t size) {
   if (need <= *cap) return v;
   size_t c = *cap ? *cap * 2 : 8;
   while (c < need) c *= 2;
-  v = realloc(v, c * size);
-  if (!v) {
-    fprintf(stderr, "freshness: out of memory\n");
-    abort();
-  }
   *cap = c;
-  return v;
+  return tw_xrealloc(v, c * size);
 }
 
 #define PUSH(vec, x)                                                   \
@@ -75,20 +72,11 @@ static uint64_t hash(const char *s) {
   return h;
 }
 
-static char *dup(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = malloc(n);
-  if (!d) abort();
-  return memcpy(d, s, n);
-}
-
 fr_t *fr_new(void) {
-  fr_t *f = calloc(1, sizeof *f);
-  if (!f) abort();
+  fr_t *f = tw_xcalloc(1, sizeof *f);
   pthread_mutex_init(&f->mu, NULL);
   f->cap = 1024;
-  f->slot = calloc(f->cap, sizeof *f->slot);
-  if (!f->slot) abort();
+  f->slot = tw_xcalloc(f->cap, sizeof *f->slot);
   return f;
 }
 
@@ -118,8 +106,7 @@ void fr_free(fr_t *f) {
 static prod_t *product(fr_t *f, const char *id) {
   if (2 * (f->n + 1) > f->cap) { /* rehash at half full */
     size_t cap = f->cap * 2;
-    prod_t **slot = calloc(cap, sizeof *slot);
-    if (!slot) abort();
+    prod_t **slot = tw_xcalloc(cap, sizeof *slot);
     for (size_t i = 0; i < f->cap; i++) {
       if (!f->slot[i]) continue;
       size_t j = hash(f->slot[i]->id) & (cap - 1);
@@ -133,9 +120,8 @@ static prod_t *product(fr_t *f, const char *id) {
   size_t j = hash(id) & (f->cap - 1);
   for (; f->slot[j]; j = (j + 1) & (f->cap - 1))
     if (strcmp(f->slot[j]->id, id) == 0) return f->slot[j];
-  prod_t *p = calloc(1, sizeof *p);
-  if (!p) abort();
-  p->id = dup(id);
+  prod_t *p = tw_xcalloc(1, sizeof *p);
+  p->id = tw_xstrdup(id);
   f->slot[j] = p;
   f->n++;
   return p;
@@ -144,7 +130,7 @@ static prod_t *product(fr_t *f, const char *id) {
 static src_t *source(prod_t *p, const char *name) {
   for (size_t i = 0; i < p->src.n; i++)
     if (strcmp(p->src.v[i].name, name) == 0) return &p->src.v[i];
-  src_t s = {.name = dup(name)};
+  src_t s = {.name = tw_xstrdup(name)};
   PUSH(p->src, s);
   return &p->src.v[p->src.n - 1];
 }
@@ -173,8 +159,7 @@ void fr_observe(fr_t *f, const char *product_id, const char *source_name, uint64
   if (!last || last->hwm != hwm || !same_missing(last, missing, n_missing)) {
     obs_t o = {hwm, seen_ms, NULL, n_missing};
     if (n_missing) {
-      o.missing = malloc(n_missing * sizeof *missing);
-      if (!o.missing) abort();
+      o.missing = tw_xmalloc(n_missing * sizeof *missing);
       memcpy(o.missing, missing, n_missing * sizeof *missing);
     }
     PUSH(s->obs, o);

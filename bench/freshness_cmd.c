@@ -16,6 +16,7 @@
  * latency is an upper bound: a snapshot is read at most one poll after it
  * became readable, plus the read's own time (poll_ms_mean in the output). */
 #include "freshness.h"
+#include "util.h"
 
 #include "twin/v1/alerts.pb-c.h"
 #include "twin/v1/events.pb-c.h"
@@ -30,14 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static volatile sig_atomic_t stop_load;
 static void on_signal(int sig) {
@@ -69,7 +63,7 @@ static bool poll_once(poller_t *pl, mongoc_collection_t *coll, int64_t since) {
   const bson_t *doc;
   uint64_t missing[256];
   while (mongoc_cursor_next(c, &doc)) {
-    int64_t seen = now_ms();
+    int64_t seen = tw_now_ms();
     bson_iter_t it, arr, src, f;
     const char *id = NULL;
     if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it)) id = bson_iter_utf8(&it, NULL);
@@ -118,15 +112,15 @@ static void *poller(void *arg) {
    * not missed. */
   int64_t since = -1;
   while (!atomic_load(&pl->stop)) {
-    int64_t t0 = now_ms();
+    int64_t t0 = tw_now_ms();
     if (poll_once(pl, coll, pl->polls % 20 ? since : -1)) {
       pl->polls++;
-      pl->poll_ms_sum += now_ms() - t0;
+      pl->poll_ms_sum += tw_now_ms() - t0;
       since = t0 - 5000;
     } else {
       pl->errors++;
     }
-    int64_t rest = pl->poll_ms - (now_ms() - t0);
+    int64_t rest = pl->poll_ms - (tw_now_ms() - t0);
     if (rest > 0) usleep((useconds_t)rest * 1000);
   }
   mongoc_collection_destroy(coll);
@@ -139,7 +133,7 @@ static void handle(fr_t *fr, const rd_kafka_message_t *m, const char *alerts) {
   if (strcmp(rd_kafka_topic_name(m->rkt), alerts) == 0) {
     Twin__V1__MaintenanceAlert *a = twin__v1__maintenance_alert__unpack(NULL, m->len, m->payload);
     if (a) {
-      fr_alert(fr, a->product_id, a->event_time_ms, now_ms());
+      fr_alert(fr, a->product_id, a->event_time_ms, tw_now_ms());
       twin__v1__maintenance_alert__free_unpacked(a, NULL);
     }
     return;
@@ -150,6 +144,15 @@ static void handle(fr_t *fr, const rd_kafka_message_t *m, const char *alerts) {
   int64_t ts = rd_kafka_message_timestamp(m, &tt);
   if (ts >= 0 && e->product_id[0]) fr_event(fr, e->product_id, e->source, e->seq, e->event_time_ms, ts);
   twin__v1__envelope__free_unpacked(e, NULL);
+}
+
+/* Waits up to timeout_ms for one message and takes it in; false if none came. */
+static bool consume_one(rd_kafka_t *rk, fr_t *fr, const char *alerts, int timeout_ms) {
+  rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, timeout_ms);
+  if (!m) return false;
+  handle(fr, m, alerts);
+  rd_kafka_message_destroy(m);
+  return true;
 }
 
 /* True when the consumer's position has reached the end (as of now) of
@@ -190,7 +193,7 @@ int fr_cmd(int argc, char **argv) {
     return 2;
   }
   char err[512], group[96];
-  snprintf(group, sizeof group, "twin-bench-fresh-%ld-%" PRId64, (long)getpid(), now_ms());
+  snprintf(group, sizeof group, "twin-bench-fresh-%ld-%" PRId64, (long)getpid(), tw_now_ms());
   rd_kafka_conf_t *c = rd_kafka_conf_new();
   const char *kv[][2] = {{"bootstrap.servers", brokers},    {"group.id", group},
                          {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"},
@@ -225,13 +228,9 @@ int fr_cmd(int argc, char **argv) {
 
   /* Ready once the group has given us partitions. */
   bool ready = false;
-  int64_t t0 = now_ms();
-  while (!ready && !stop_load && now_ms() - t0 < 60000) {
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-    if (m) {
-      handle(fr, m, alerts);
-      rd_kafka_message_destroy(m);
-    }
+  int64_t t0 = tw_now_ms();
+  while (!ready && !stop_load && tw_now_ms() - t0 < 60000) {
+    consume_one(rk, fr, alerts, 100);
     rd_kafka_topic_partition_list_t *as = NULL;
     ready = !rd_kafka_assignment(rk, &as) && as && as->cnt > 0;
     if (as) rd_kafka_topic_partition_list_destroy(as);
@@ -248,35 +247,22 @@ int fr_cmd(int argc, char **argv) {
   fflush(stdout);
 
   while (!stop_load) {
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-    if (m) {
-      handle(fr, m, alerts);
-      rd_kafka_message_destroy(m);
-    }
+    consume_one(rk, fr, alerts, 100);
   }
   /* The load is over: read the inputs to their ends, then wait for the
    * snapshots to show every event (alerts keep being read meanwhile). */
-  int64_t deadline = now_ms() + (int64_t)drain_s * 1000, last_check = 0;
+  int64_t deadline = tw_now_ms() + (int64_t)drain_s * 1000, last_check = 0;
   bool all_read = false, all_seen = false;
-  while (now_ms() < deadline && !all_seen) {
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
-    if (m) {
-      handle(fr, m, alerts);
-      rd_kafka_message_destroy(m);
-      continue;
-    }
-    if (now_ms() - last_check < 1000) continue;
-    last_check = now_ms();
+  while (tw_now_ms() < deadline && !all_seen) {
+    if (consume_one(rk, fr, alerts, 50)) continue;
+    if (tw_now_ms() - last_check < 1000) continue;
+    last_check = tw_now_ms();
     if (!all_read) all_read = inputs_read(rk, alerts);
     if (all_read) all_seen = fr_unseen(fr) == 0;
   }
   /* Alerts of the last events: one more poll period and a second. */
-  for (int64_t end = now_ms() + poll_ms + 1000; now_ms() < end;) {
-    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
-    if (m) {
-      handle(fr, m, alerts);
-      rd_kafka_message_destroy(m);
-    }
+  for (int64_t end = tw_now_ms() + poll_ms + 1000; tw_now_ms() < end;) {
+    consume_one(rk, fr, alerts, 50);
   }
   atomic_store(&pl.stop, true);
   pthread_join(th, NULL);

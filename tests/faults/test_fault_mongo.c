@@ -51,6 +51,16 @@ static int64_t resumed_after(const h_scenario_t *s, int64_t ck) {
   return -1;
 }
 
+/* A latency proxy (no delay yet) in front of the scenario's FerretDB, and
+ * in uri the engine setting that sends the engine through it. */
+static f_proxy_t *proxy_to_ferretdb(const h_scenario_t *s, char *uri, size_t cap) {
+  const char *port = strrchr(s->mongo_uri, ':');
+  assert_non_null(port);
+  f_proxy_t *proxy = f_proxy_start(atoi(port + 1));
+  snprintf(uri, cap, "mongo.uri=mongodb://127.0.0.1:%d", f_proxy_port(proxy));
+  return proxy;
+}
+
 static void test_ferretdb_kill_and_stall(void **state) {
   (void)state;
   f_run_t r;
@@ -60,11 +70,8 @@ static void test_ferretdb_kill_and_stall(void **state) {
   atexit(cont_ferretdb);
   /* The engine talks to FerretDB through the latency proxy (no delay until
    * step 3); the checks read FerretDB directly. */
-  const char *port = strrchr(s.mongo_uri, ':');
-  assert_non_null(port);
-  f_proxy_t *proxy = f_proxy_start(atoi(port + 1));
   char uri[128];
-  snprintf(uri, sizeof uri, "mongo.uri=mongodb://127.0.0.1:%d", f_proxy_port(proxy));
+  f_proxy_t *proxy = proxy_to_ferretdb(&s, uri, sizeof uri);
   const char *set[] = {uri, NULL};
   pid_t e = h_engine_start(&s, 2, set);
   const char *sim[] = {"--seed", "51",           "--products", "600",       "--rate", "700",     "--duration",
@@ -192,11 +199,8 @@ static void test_flush_interval_on_slow_store(void **state) {
   f_begin(&r, "flush interval, slow store");
   h_scenario_t s;
   h_scenario_init(&s, "f_interval", 2);
-  const char *port = strrchr(s.mongo_uri, ':');
-  assert_non_null(port);
-  f_proxy_t *proxy = f_proxy_start(atoi(port + 1));
   char uri[128];
-  snprintf(uri, sizeof uri, "mongo.uri=mongodb://127.0.0.1:%d", f_proxy_port(proxy));
+  f_proxy_t *proxy = proxy_to_ferretdb(&s, uri, sizeof uri);
   const int interval = 4000;
   const char *set[] = {uri, "snapshot.interval.ms=4000", NULL};
   pid_t e = h_engine_start(&s, 2, set);
