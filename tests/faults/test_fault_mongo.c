@@ -204,6 +204,9 @@ static void test_flush_interval_on_slow_store(void **state) {
   const int interval = 4000;
   const char *set[] = {uri, "snapshot.interval.ms=4000", NULL};
   pid_t e = h_engine_start(&s, 2, set);
+  /* The port is logged once the HTTP server listens, which start-up does
+   * not wait for. */
+  assert_true(h_wait_engine_log("listening on http://", 60));
   int http = h_engine_http_port(h_engine_log());
   assert_true(http > 0);
   const char *sim[] = {"--seed", "53",         "--products", "12",      "--rate",
