@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int fr_cmd(int argc, char **argv); /* freshness_cmd.c */
 
@@ -31,6 +32,31 @@ static rd_kafka_t *client(const char *brokers) {
     exit(1);
   }
   return rk;
+}
+
+/* True when the broker's metadata lists every topic of names (TOPIC[:N]),
+ * without error and with all its partitions: CreateTopics returns once the
+ * controller made them, a little before every broker lists them, and an
+ * engine started at once could find a topic missing and stop. */
+static bool listed(rd_kafka_t *rk, int argc, char **argv) {
+  const struct rd_kafka_metadata *md;
+  if (rd_kafka_metadata(rk, 1, NULL, &md, 5000)) return false;
+  int found = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *colon = strrchr(argv[i], ':');
+    size_t len = colon ? (size_t)(colon - argv[i]) : strlen(argv[i]);
+    int parts = colon ? atoi(colon + 1) : 1;
+    for (int t = 0; t < md->topic_cnt; t++) {
+      const struct rd_kafka_metadata_topic *mt = &md->topics[t];
+      if (strlen(mt->topic) == len && strncmp(mt->topic, argv[i], len) == 0 && !mt->err &&
+          mt->partition_cnt >= parts) {
+        found++;
+        break;
+      }
+    }
+  }
+  rd_kafka_metadata_destroy(md);
+  return found == argc;
 }
 
 static int admin(rd_kafka_t *rk, int argc, char **argv, bool create) {
@@ -66,6 +92,14 @@ static int admin(rd_kafka_t *rk, int argc, char **argv, bool create) {
     }
     if (!ev) rc = 1;
     if (ev) rd_kafka_event_destroy(ev);
+    for (int tries = 0; rc == 0 && !listed(rk, argc, argv); tries++) {
+      if (tries == 300) {
+        fprintf(stderr,
+                "twin-bench-tool: the topics were created but the broker does not list them after 30 s\n");
+        rc = 1;
+      }
+      usleep(100 * 1000);
+    }
     for (int i = 0; i < argc; i++) rd_kafka_NewTopic_destroy(nt[i]);
     free(nt);
   } else {

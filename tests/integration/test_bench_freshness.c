@@ -3,7 +3,8 @@
  * every event twin-sim sent is found in its product's snapshot, every
  * alert is joined to its event, and the latencies are those of a snapshot
  * interval (above zero, at most a few intervals). The join itself is
- * tested in tests/unit/test_freshness.c. */
+ * tested in tests/unit/test_freshness.c. Also: the tool's create returns
+ * topics ready to use. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -97,7 +98,33 @@ static void test_freshness_tool(void **state) {
   h_scenario_cleanup(&s);
 }
 
+/* twin-bench-tool create returns once the broker lists the new topics with
+ * all their partitions, so what bench/run.sh starts right after it finds
+ * them (count reads their metadata at once). */
+static void test_create_then_use(void **state) {
+  (void)state;
+  const char *bin = getenv("TWIN_BIN_DIR"), *brokers = getenv("TWIN_KAFKA_BOOTSTRAP");
+  assert_non_null(bin);
+  if (!brokers) brokers = "127.0.0.1:9092";
+  char cmd[1024], out[64] = "";
+  int id = (int)getpid();
+  snprintf(
+      cmd, sizeof cmd,
+      "'%s/twin-bench-tool' create %s it.bt%d.a:3 it.bt%d.b:5 && '%s/twin-bench-tool' count %s it.bt%d.a "
+      "it.bt%d.b",
+      bin, brokers, id, id, bin, brokers, id, id);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  if (!fgets(out, sizeof out, p)) out[0] = '\0';
+  int rc = pclose(p);
+  snprintf(cmd, sizeof cmd, "'%s/twin-bench-tool' delete %s it.bt%d.a it.bt%d.b", bin, brokers, id, id);
+  assert_int_equal(system(cmd), 0);
+  assert_int_equal(rc, 0);
+  assert_string_equal(out, "0\n"); /* two new, empty topics */
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_freshness_tool)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_freshness_tool),
+                                     cmocka_unit_test(test_create_then_use)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
