@@ -303,3 +303,9 @@ void fr_result(fr_t *f, fr_dist_t *snapshot, fr_dist_t *alert) {
   free(l.v);
   pthread_mutex_unlock(&f->mu);
 }
+
+int64_t fr_poll_rest_ms(int64_t poll_ms, int64_t took_ms) {
+  if (took_ms < 0) took_ms = 0;
+  int64_t rest = poll_ms - took_ms;
+  return rest > 2 * took_ms ? rest : 2 * took_ms;
+}

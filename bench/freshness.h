@@ -54,4 +54,13 @@ size_t fr_unseen(fr_t *f);
 /* The distributions: produced -> read in a snapshot, produced -> alert read. */
 void fr_result(fr_t *f, fr_dist_t *snapshot, fr_dist_t *alert);
 
+/* How long the reader rests after a read of the snapshots that took
+ * took_ms, to start reads every poll_ms: the rest of the period, but at
+ * least twice the read's time, so the reader keeps the database busy at
+ * most a third of the time. A slow database (FerretDB takes ~85 ms to read
+ * 20 busy twins here) is then read less often instead of being kept busy
+ * by the measurement itself, which would slow the engine's writes it
+ * measures. */
+int64_t fr_poll_rest_ms(int64_t poll_ms, int64_t took_ms);
+
 #endif

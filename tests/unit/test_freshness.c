@@ -99,8 +99,22 @@ static void test_alerts_joined_on_event_time(void **state) {
   fr_free(f);
 }
 
+/* The reader's pacing: reads every poll period while a read is quick, and
+ * at least twice a read's time idle after a slow one. */
+static void test_poll_pacing(void **state) {
+  (void)state;
+  assert_int_equal(fr_poll_rest_ms(100, 5), 95);   /* MongoDB: every 100 ms */
+  assert_int_equal(fr_poll_rest_ms(100, 33), 67);  /* a third of the period: still every 100 ms */
+  assert_int_equal(fr_poll_rest_ms(100, 40), 80);  /* busy a third of the time: every 120 ms */
+  assert_int_equal(fr_poll_rest_ms(100, 85), 170); /* FerretDB: every 255 ms, not back to back */
+  assert_int_equal(fr_poll_rest_ms(100, 300), 600);
+  assert_int_equal(fr_poll_rest_ms(100, 0), 100);
+  assert_int_equal(fr_poll_rest_ms(100, -3), 100); /* a clock step back */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_poll_pacing),
       cmocka_unit_test(test_first_read_that_holds),
       cmocka_unit_test(test_products_apart),
       cmocka_unit_test(test_alerts_joined_on_event_time),
