@@ -92,6 +92,11 @@ static void test_freshness_tool(void **state) {
   assert_true(num_after(alert, "\"max_ms\":") < 15000);
   assert_true(num_after(json, "\"polls\":") > 10);
   assert_int_equal(num_after(json, "\"poll_errors\":"), 0);
+  /* Reads start every 50 ms at the soonest, and each is followed by at
+   * least twice its time at rest (fr_poll_rest_ms). */
+  long long period = num_after(json, "\"poll_period_ms_mean\":"), read = num_after(json, "\"poll_ms_mean\":");
+  assert_true(period >= 50);
+  assert_true(period >= 3 * read);
   free(text);
 
   assert_int_equal(h_engine_stop(e, SIGTERM), 0);
