@@ -34,6 +34,15 @@ static rd_kafka_t *client(const char *brokers) {
   return rk;
 }
 
+/* A topic argument, TOPIC[:N]: its name into name, and N (1 if absent). */
+static int topic_spec(const char *arg, char *name, size_t cap) {
+  snprintf(name, cap, "%s", arg);
+  char *colon = strrchr(name, ':');
+  int parts = colon ? atoi(colon + 1) : 1;
+  if (colon) *colon = '\0';
+  return parts;
+}
+
 /* True when the broker's metadata lists every topic of names (TOPIC[:N]),
  * without error and with all its partitions: CreateTopics returns once the
  * controller made them, a little before every broker lists them, and an
@@ -43,13 +52,11 @@ static bool listed(rd_kafka_t *rk, int argc, char **argv) {
   if (rd_kafka_metadata(rk, 1, NULL, &md, 5000)) return false;
   int found = 0;
   for (int i = 0; i < argc; i++) {
-    const char *colon = strrchr(argv[i], ':');
-    size_t len = colon ? (size_t)(colon - argv[i]) : strlen(argv[i]);
-    int parts = colon ? atoi(colon + 1) : 1;
+    char name[256];
+    int parts = topic_spec(argv[i], name, sizeof name);
     for (int t = 0; t < md->topic_cnt; t++) {
       const struct rd_kafka_metadata_topic *mt = &md->topics[t];
-      if (strlen(mt->topic) == len && strncmp(mt->topic, argv[i], len) == 0 && !mt->err &&
-          mt->partition_cnt >= parts) {
+      if (strcmp(mt->topic, name) == 0 && !mt->err && mt->partition_cnt >= parts) {
         found++;
         break;
       }
@@ -67,10 +74,7 @@ static int admin(rd_kafka_t *rk, int argc, char **argv, bool create) {
     rd_kafka_NewTopic_t **nt = calloc((size_t)argc, sizeof *nt);
     for (int i = 0; i < argc; i++) {
       char name[256];
-      snprintf(name, sizeof name, "%s", argv[i]);
-      char *colon = strrchr(name, ':');
-      int parts = colon ? atoi(colon + 1) : 1;
-      if (colon) *colon = '\0';
+      int parts = topic_spec(argv[i], name, sizeof name);
       nt[i] = rd_kafka_NewTopic_new(name, parts, 1, err, sizeof err);
       if (!nt[i]) {
         fprintf(stderr, "twin-bench-tool: %s: %s\n", argv[i], err);
@@ -97,6 +101,7 @@ static int admin(rd_kafka_t *rk, int argc, char **argv, bool create) {
         fprintf(stderr,
                 "twin-bench-tool: the topics were created but the broker does not list them after 30 s\n");
         rc = 1;
+        break;
       }
       usleep(100 * 1000);
     }
